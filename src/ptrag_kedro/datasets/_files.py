@@ -1,0 +1,50 @@
+"""File helpers shared by the project's datasets."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from kedro.io import DatasetError
+
+
+@contextlib.contextmanager
+def atomic_write_path(final_path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final_path``; rename it into place only on success.
+
+    The temporary file lives in the same folder so ``os.replace`` is atomic: a killed run
+    leaves the previous good file (or none), never half a file under the final name.
+    """
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(
+        prefix=f".{final_path.name}.", suffix=".tmp" + final_path.suffix, dir=final_path.parent
+    )
+    os.close(handle)
+    tmp_path = Path(tmp_name)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final_path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def check_write_allowed(filepath: Path, write_only_under: Path | None) -> None:
+    """Refuse to write ``filepath`` outside ``write_only_under`` (raw inputs are read-only).
+
+    Raw datasets point at a user's files when a run passes their path; only the demo folder,
+    which the simulator owns, may be written.
+    """
+    if write_only_under is None:
+        return
+    allowed = write_only_under.resolve()
+    target = filepath.resolve()
+    if allowed != target and allowed not in target.parents:
+        raise DatasetError(
+            f"{filepath}: refusing to write here; this dataset may only be written under "
+            f"{write_only_under} (the demo simulator never overwrites a user's file: run "
+            "`kedro run --pipeline=analysis` to analyse it)"
+        )

@@ -1,0 +1,93 @@
+"""AnnData (h5ad) dataset with atomic saves and one-line errors for unreadable files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+from kedro.io import AbstractDataset, DatasetError
+
+from ptrag_kedro.datasets._files import atomic_write_path, check_write_allowed
+
+logger = logging.getLogger(__name__)
+
+#: ``uns`` key where a loaded AnnData remembers its file, so validation errors can name it.
+SOURCE_FILE_KEY = "ptrag_source_file"
+
+
+class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
+    """Load and save an ``AnnData`` as h5ad.
+
+    Example catalog entry::
+
+        screen:
+          type: ptrag_kedro.datasets.AnnDataDataset
+          filepath: data/03_primary/screen.h5ad
+
+    Args:
+        filepath: path of the h5ad file.
+        load_args: passed to ``anndata.read_h5ad`` (e.g. ``backed: r``).
+        save_args: passed to ``AnnData.write_h5ad`` (e.g. ``compression: gzip``).
+        write_only_under: if set, saving anywhere outside this folder is refused. Raw inputs
+            use it so the demo simulator can never overwrite a user's screen.
+        metadata: free-form metadata for plugins (kedro-viz), ignored here.
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        load_args: dict[str, Any] | None = None,
+        save_args: dict[str, Any] | None = None,
+        write_only_under: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._filepath = Path(filepath)
+        self._load_args = dict(load_args or {})
+        self._save_args = dict(save_args or {})
+        self._write_only_under = Path(write_only_under) if write_only_under else None
+        self.metadata = metadata
+
+    @property
+    def filepath(self) -> Path:
+        return self._filepath
+
+    def load(self) -> ad.AnnData:
+        if not self._filepath.is_file():
+            raise DatasetError(f"{self._filepath}: no such h5ad file")
+        try:
+            adata = ad.read_h5ad(self._filepath, **self._load_args)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            # h5py reports truncation and foreign formats as OSError with a multi-line text.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DatasetError(
+                f"{self._filepath}: not a readable h5ad file (truncated or another format): "
+                f"{reason}"
+            ) from exc
+        adata.uns[SOURCE_FILE_KEY] = str(self._filepath)
+        return adata
+
+    def save(self, data: ad.AnnData) -> None:
+        check_write_allowed(self._filepath, self._write_only_under)
+        # The source path is run-time context, not content: keep it out of the file.
+        source_file = data.uns.pop(SOURCE_FILE_KEY, None)
+        try:
+            with atomic_write_path(self._filepath) as tmp_path:
+                data.write_h5ad(tmp_path, **self._save_args)
+        finally:
+            if source_file is not None:
+                data.uns[SOURCE_FILE_KEY] = source_file
+        logger.info("Wrote %s (%d cells x %d genes)", self._filepath, data.n_obs, data.n_vars)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": str(self._filepath),
+            "load_args": self._load_args,
+            "save_args": self._save_args,
+            "write_only_under": str(self._write_only_under) if self._write_only_under else None,
+        }

@@ -1,0 +1,126 @@
+"""Gene-embedding files in GenePT's formats: pickle dict, csv(.gz) or parquet."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kedro.io import AbstractDataset, DatasetError
+
+from ptrag_kedro.datasets._files import atomic_write_path, check_write_allowed
+
+_PICKLE_SUFFIXES = (".pickle", ".pkl")
+_CSV_SUFFIXES = (".csv", ".csv.gz")
+_PARQUET_SUFFIXES = (".parquet",)
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every class or function reference.
+
+    Plain containers, strings and numbers unpickle without any global lookup, so refusing
+    ``find_class`` outright means a malicious pickle cannot run code or import anything.
+    """
+
+    def __init__(self, file: Any, source: Path) -> None:
+        super().__init__(file)
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise DatasetError(
+            f"{self._source}: refusing to unpickle '{module}.{name}'; a gene-embedding pickle "
+            "may hold only a dict of symbol -> list of floats"
+        )
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in (*_PICKLE_SUFFIXES, *_CSV_SUFFIXES, *_PARQUET_SUFFIXES):
+        if name.endswith(suffix):
+            return suffix
+    raise DatasetError(
+        f"{path}: unknown gene-embedding format; use .pickle/.pkl, .csv, .csv.gz or .parquet"
+    )
+
+
+def _frame_from_mapping(mapping: Any, path: Path) -> pd.DataFrame:
+    if not isinstance(mapping, dict) or not mapping:
+        raise DatasetError(f"{path}: expected a non-empty dict of gene symbol -> vector")
+    symbols = list(mapping)
+    if not all(isinstance(symbol, str) for symbol in symbols):
+        raise DatasetError(f"{path}: every key must be a gene symbol (str)")
+    lengths = {len(vector) for vector in mapping.values()}
+    if len(lengths) != 1:
+        raise DatasetError(f"{path}: vectors have different lengths {sorted(lengths)[:5]}")
+    values = np.asarray([mapping[symbol] for symbol in symbols], dtype=np.float32)
+    return pd.DataFrame(values, index=pd.Index(symbols, name="symbol"))
+
+
+class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
+    """Gene symbol -> vector table; the format follows the file extension.
+
+    Loads to a float32 ``DataFrame`` indexed by symbol (one column per dimension).
+    ``.pickle``/``.pkl`` is GenePT's published format (a dict symbol -> list of floats) and is
+    read with an unpickler that accepts plain data only; ``.csv``/``.csv.gz`` has the symbol in
+    the first column; ``.parquet`` has it as the index or first column. ``write_only_under``
+    refuses saves outside that folder (a user's file is never overwritten).
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        write_only_under: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._filepath = Path(filepath)
+        self._suffix = _suffix(self._filepath)
+        self._write_only_under = Path(write_only_under) if write_only_under else None
+        self.metadata = metadata
+
+    @property
+    def filepath(self) -> Path:
+        return self._filepath
+
+    def load(self) -> pd.DataFrame:
+        if not self._filepath.is_file():
+            raise DatasetError(f"{self._filepath}: no such gene-embedding file")
+        try:
+            if self._suffix in _PICKLE_SUFFIXES:
+                with self._filepath.open("rb") as handle:
+                    mapping = _PlainDataUnpickler(handle, self._filepath).load()
+                return _frame_from_mapping(mapping, self._filepath)
+            if self._suffix in _CSV_SUFFIXES:
+                frame = pd.read_csv(self._filepath, index_col=0)
+            else:
+                frame = pd.read_parquet(self._filepath)
+                if not pd.api.types.is_string_dtype(frame.index):
+                    frame = frame.set_index(frame.columns[0])
+        except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
+            raise DatasetError(f"{self._filepath}: unreadable gene-embedding file: {exc}") from exc
+        frame.index = frame.index.astype(str)
+        frame.index.name = "symbol"
+        frame.columns = range(frame.shape[1])
+        return frame.astype(np.float32)
+
+    def save(self, data: pd.DataFrame) -> None:
+        check_write_allowed(self._filepath, self._write_only_under)
+        with atomic_write_path(self._filepath) as tmp_path:
+            if self._suffix in _PICKLE_SUFFIXES:
+                mapping = {str(symbol): row.tolist() for symbol, row in zip(data.index, data.values)}
+                with tmp_path.open("wb") as handle:
+                    pickle.dump(mapping, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            elif self._suffix in _CSV_SUFFIXES:
+                data.to_csv(tmp_path, compression="gzip" if self._suffix == ".csv.gz" else None)
+            else:
+                frame = data.copy()
+                frame.columns = [str(column) for column in frame.columns]
+                frame.to_parquet(tmp_path)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "format": self._suffix}

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny simulated screen, the real data folder, the ingestion parameters."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import pytest
+import yaml
+
+from ptrag_kedro.datasets.anndata_dataset import SOURCE_FILE_KEY
+from ptrag_kedro.simulation import SimulationConfig, simulate_screen
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+#: A screen small enough for unit tests (about 2,000 cells x 200 genes).
+TINY_SIMULATION: dict[str, Any] = {
+    "seed": 3,
+    "n_genes": 200,
+    "n_modules": 4,
+    "module_size": 20,
+    "n_perturbations": 24,
+    "cells_per_perturbation": 20,
+    "embedding_dim": 32,
+    "sparse_group_fraction": 0.0,
+}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder beside the project (skip when it is absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> SimulationConfig:
+    return SimulationConfig.from_params(TINY_SIMULATION)
+
+
+@pytest.fixture(scope="session")
+def _tiny_screen(tiny_config: SimulationConfig) -> ad.AnnData:
+    return simulate_screen(tiny_config)
+
+
+@pytest.fixture
+def tiny_screen(_tiny_screen: ad.AnnData) -> ad.AnnData:
+    """A fresh copy of the tiny raw screen (tests may modify it), named as if loaded from disk."""
+    screen = _tiny_screen.copy()
+    screen.uns[SOURCE_FILE_KEY] = "tiny_screen.h5ad"
+    return screen
+
+
+@pytest.fixture(scope="session")
+def _ingestion_params() -> dict[str, Any]:
+    with (PROJECT_ROOT / "conf" / "base" / "parameters_ingestion.yml").open() as handle:
+        params = yaml.safe_load(handle)["ingestion"]
+    # Resolve the run-time parameters as Kedro would with no --params.
+    params["split"]["heldout_cell_line"] = "hepg2"
+    params["split"]["split_file"] = None
+    params["features"]["n_top_genes"] = 100
+    return params
+
+
+@pytest.fixture
+def ingestion_params(_ingestion_params: dict[str, Any]) -> dict[str, Any]:
+    """The project's ingestion parameters (tests may modify this copy)."""
+    return copy.deepcopy(_ingestion_params)

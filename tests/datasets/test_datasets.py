@@ -1,0 +1,157 @@
+"""AnnData, JSON and gene-embedding datasets: round trips, atomic saves and refusals."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DatasetError
+
+from ptrag_kedro.datasets import AnnDataDataset, GeneEmbeddingDataset, JSONDataset
+from ptrag_kedro.datasets.anndata_dataset import SOURCE_FILE_KEY
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
+
+
+def test_anndata_round_trip(tmp_path: Path, tiny_screen: ad.AnnData) -> None:
+    dataset = AnnDataDataset(filepath=str(tmp_path / "screen.h5ad"))
+    dataset.save(tiny_screen)
+    loaded = dataset.load()
+    assert (loaded.X != tiny_screen.X).nnz == 0
+    pd.testing.assert_frame_equal(loaded.obs, tiny_screen.obs)
+    assert list(loaded.var_names) == list(tiny_screen.var_names)
+    # The loaded object remembers its file (for error messages) but never writes it back.
+    assert loaded.uns[SOURCE_FILE_KEY] == str(tmp_path / "screen.h5ad")
+    assert SOURCE_FILE_KEY in tiny_screen.uns
+    dataset.save(loaded)
+    assert SOURCE_FILE_KEY not in ad.read_h5ad(tmp_path / "screen.h5ad").uns
+    assert _leftovers(tmp_path) == []
+
+
+def test_anndata_missing_file_raises(tmp_path: Path) -> None:
+    dataset = AnnDataDataset(filepath=str(tmp_path / "absent.h5ad"))
+    assert not dataset.exists()
+    with pytest.raises(DatasetError, match="absent.h5ad: no such h5ad file"):
+        dataset.load()
+
+
+@pytest.mark.parametrize("content", ["truncated", "not_hdf5"])
+def test_anndata_unreadable_file_one_line(tmp_path: Path, tiny_screen: ad.AnnData, content: str) -> None:
+    path = tmp_path / "bad.h5ad"
+    if content == "truncated":
+        tiny_screen.write_h5ad(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    else:
+        path.write_text("gene,cell_line\nA,k562\n")
+    with pytest.raises(DatasetError) as error:
+        AnnDataDataset(filepath=str(path)).load()
+    message = str(error.value)
+    assert str(path) in message and "not a readable h5ad file" in message
+    assert "\n" not in message
+
+
+def test_anndata_failed_save_keeps_previous_file(tmp_path: Path, tiny_screen: ad.AnnData) -> None:
+    path = tmp_path / "screen.h5ad"
+    dataset = AnnDataDataset(filepath=str(path))
+    dataset.save(tiny_screen)
+    before = path.read_bytes()
+    broken = tiny_screen.copy()
+    broken.uns["unwritable"] = object()  # h5ad cannot store an arbitrary object
+    with pytest.raises(Exception):
+        dataset.save(broken)
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_anndata_write_only_under_refuses_user_file(tmp_path: Path, tiny_screen: ad.AnnData) -> None:
+    user_file = tmp_path / "user" / "screen.h5ad"
+    user_file.parent.mkdir()
+    user_file.write_bytes(b"the user's data")
+    dataset = AnnDataDataset(filepath=str(user_file), write_only_under=str(tmp_path / "demo"))
+    with pytest.raises(DatasetError, match="refusing to write"):
+        dataset.save(tiny_screen)
+    assert user_file.read_bytes() == b"the user's data"
+    allowed = AnnDataDataset(
+        filepath=str(tmp_path / "demo" / "screen.h5ad"), write_only_under=str(tmp_path / "demo")
+    )
+    allowed.save(tiny_screen)
+    assert allowed.exists()
+
+
+def test_json_round_trip_and_optional(tmp_path: Path) -> None:
+    dataset = JSONDataset(filepath=str(tmp_path / "manifest.json"))
+    dataset.save({"train": ["A", "B"], "n": 3})
+    assert dataset.load() == {"train": ["A", "B"], "n": 3}
+    assert JSONDataset(filepath=None, optional=True).load() is None
+    with pytest.raises(DatasetError, match="not optional"):
+        JSONDataset(filepath=None)
+    with pytest.raises(DatasetError, match="no such JSON file"):
+        JSONDataset(filepath=str(tmp_path / "absent.json"), optional=True).load()
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="broken.json: not valid JSON"):
+        JSONDataset(filepath=str(tmp_path / "broken.json")).load()
+
+
+@pytest.mark.parametrize("name", ["emb.pickle", "emb.csv", "emb.csv.gz", "emb.parquet"])
+def test_gene_embedding_round_trip(tmp_path: Path, name: str) -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        rng.normal(size=(5, 8)).astype(np.float32),
+        index=pd.Index(["A", "B", "C", "D", "E"], name="symbol"),
+    )
+    dataset = GeneEmbeddingDataset(filepath=str(tmp_path / name))
+    dataset.save(table)
+    loaded = dataset.load()
+    assert list(loaded.index) == ["A", "B", "C", "D", "E"]
+    np.testing.assert_allclose(loaded.to_numpy(), table.to_numpy(), rtol=1e-6)
+    assert loaded.dtypes.unique().tolist() == [np.float32]
+
+
+class _CreatesFile:
+    """Unpickling this would create a file: a stand-in for arbitrary code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_gene_embedding_malicious_pickle_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps({"A": [0.1, 0.2], "B": _CreatesFile(str(marker))}))
+    with pytest.raises(DatasetError, match="refusing to unpickle '(io|builtins).open'"):
+        GeneEmbeddingDataset(filepath=str(path)).load()
+    assert not marker.exists()
+
+
+def test_gene_embedding_real_genept_csv(shared_data: Path) -> None:
+    table = GeneEmbeddingDataset(filepath=str(shared_data / "genept_ada002_adamson87.csv.gz")).load()
+    assert table.shape == (87, 1536)
+    assert "ctrl" in table.index
+    assert np.allclose(table.loc["ctrl"].to_numpy(), 0.0)
+    # GenePT's ada-002 vectors are unit norm.
+    norms = np.linalg.norm(table.drop(index="ctrl").to_numpy(), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-3)
+
+
+def test_gene_embedding_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unknown gene-embedding format"):
+        GeneEmbeddingDataset(filepath=str(tmp_path / "emb.txt"))
+
+
+def test_gene_embedding_write_only_under(tmp_path: Path) -> None:
+    table = pd.DataFrame(np.ones((2, 3), dtype=np.float32), index=["A", "B"])
+    dataset = GeneEmbeddingDataset(filepath=str(tmp_path / "user.pickle"), write_only_under=str(tmp_path / "demo"))
+    with pytest.raises(DatasetError, match="refusing to write"):
+        dataset.save(table)
+    assert not os.path.exists(tmp_path / "user.pickle")

@@ -1,0 +1,226 @@
+"""Ingestion nodes: demo and real screens, the X_hvg path, split invariants and every bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from ptrag_kedro.datasets import AnnDataDataset
+from ptrag_kedro.pipelines.ingestion.nodes import (
+    CONTROL,
+    TEST,
+    TRAIN,
+    VAL,
+    ScreenError,
+    screen_fingerprint,
+    select_features,
+    split_screen,
+    standardise_screen,
+)
+
+
+def ingest(raw: ad.AnnData, params: dict[str, Any], split_lists: Any = None) -> tuple[ad.AnnData, dict]:
+    standardised = standardise_screen(raw, params["columns"])
+    featurised = select_features(standardised, params["features"])
+    return split_screen(featurised, params["split"], split_lists)
+
+
+def assert_one_line(error: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(error.value)
+    assert "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_demo_screen_counts_path(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    screen, manifest = ingest(tiny_screen, ingestion_params)
+    assert list(screen.obs.columns[:3]) == ["perturbation", "cell_line", "batch"]
+    assert "split" in screen.obs
+    assert screen.n_vars == 100
+    features = screen.uns["ptrag"]["features"]
+    assert features["path"].startswith("scanpy:")
+    # log1p(normalize_total) values: non-negative, not integers any more
+    values = screen.X.data if sp.issparse(screen.X) else screen.X
+    assert values.min() >= 0 and not np.allclose(values, np.round(values))
+    assert manifest["screen_fingerprint"] == screen.uns["ptrag"]["fingerprint"] == screen_fingerprint(screen)
+    assert manifest["heldout_cell_line"] == "hepg2"
+
+
+def test_obsm_hvg_path_is_used_when_present(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    rng = np.random.default_rng(0)
+    hvg = np.zeros(tiny_screen.n_vars, dtype=bool)
+    hvg[rng.choice(tiny_screen.n_vars, 50, replace=False)] = True
+    tiny_screen.var["highly_variable"] = hvg
+    features = rng.random((tiny_screen.n_obs, 50)).astype(np.float32)
+    tiny_screen.obsm["X_hvg"] = features
+    screen, _ = ingest(tiny_screen, ingestion_params)
+    assert screen.uns["ptrag"]["features"]["path"] == "obsm:X_hvg"
+    assert list(screen.var_names) == list(tiny_screen.var_names[hvg])
+    kept = tiny_screen.obs_names.get_indexer(screen.obs_names)
+    np.testing.assert_array_equal(np.asarray(screen.X), features[kept])
+
+
+def test_real_papalexi_counts(shared_data: Path, ingestion_params: dict) -> None:
+    raw = AnnDataDataset(filepath=str(shared_data / "papalexi2021_thp1_crispr_counts.h5ad")).load()
+    ingestion_params["split"]["heldout_cell_line"] = "thp1"
+    screen, manifest = ingest(raw, ingestion_params)
+    assert screen.n_vars == 100  # n_top_genes of the test parameters
+    assert set(screen.obs["cell_line"]) == {"thp1"}
+    line = manifest["cell_lines"]["thp1"]
+    assert line["val"] and line["test"] and line["train"]
+    assert len(line["train"]) + len(line["val"]) + len(line["test"]) == 25
+    assert line["n_control_cells"] > 1000
+    assert screen.obs["batch"].nunique() == 3
+
+
+# ------------------------------------------------------------------ split invariants
+
+
+def _check_split_invariants(screen: ad.AnnData, manifest: dict) -> None:
+    obs = screen.obs
+    heldout = manifest["heldout_cell_line"]
+    for line, kinds in manifest["cell_lines"].items():
+        train, val, test = (set(kinds[kind]) for kind in (TRAIN, VAL, TEST))
+        assert not (train & val) and not (train & test) and not (val & test)
+        in_line = obs["cell_line"] == line
+        # controls of every line stay available as basal cells
+        assert kinds["n_control_cells"] > 0
+        assert ((obs["split"] == CONTROL) & in_line).sum() == kinds["n_control_cells"]
+        for kind, names in ((TRAIN, train), (VAL, val), (TEST, test)):
+            cells = obs[in_line & (obs["split"] == kind)]
+            assert set(cells["perturbation"]) == names
+        if line != heldout:
+            assert not test
+    assert (obs.loc[obs["split"] == CONTROL, "perturbation"] == manifest["control_label"]).all()
+    assert not obs["split"].isna().any()
+
+
+def test_few_shot_split_invariants(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    screen, manifest = ingest(tiny_screen, ingestion_params)
+    _check_split_invariants(screen, manifest)
+    heldout = manifest["cell_lines"]["hepg2"]
+    n = len(heldout[TRAIN]) + len(heldout[VAL]) + len(heldout[TEST])
+    assert len(heldout[VAL]) == round(0.1 * n) and len(heldout[TEST]) == round(0.3 * n)
+    for line in ("k562", "rpe1", "jurkat"):
+        assert not manifest["cell_lines"][line][VAL]
+    again, _ = ingest(tiny_screen.copy(), ingestion_params)
+    assert (again.obs["split"] == screen.obs["split"]).all()
+    ingestion_params["split"]["seed"] = 1
+    _, other = ingest(tiny_screen.copy(), ingestion_params)
+    assert other["cell_lines"]["hepg2"][TEST] != heldout[TEST]
+
+
+def test_zero_shot_split(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    ingestion_params["split"]["mode"] = "zero_shot"
+    ingestion_params["split"]["heldout_cell_line"] = "rpe1"
+    screen, manifest = ingest(tiny_screen, ingestion_params)
+    _check_split_invariants(screen, manifest)
+    rpe1 = manifest["cell_lines"]["rpe1"]
+    assert not rpe1[TRAIN] and not rpe1[VAL] and rpe1[TEST]
+    assert set(screen.obs.loc[screen.obs["cell_line"] == "rpe1", "split"]) == {TEST, CONTROL}
+    assert sum(len(manifest["cell_lines"][line][VAL]) for line in ("k562", "jurkat", "hepg2")) > 0
+
+
+def test_split_from_file(tiny_screen: ad.AnnData, ingestion_params: dict, caplog) -> None:
+    perturbed = sorted(set(tiny_screen.obs.loc[tiny_screen.obs["cell_line"] == "hepg2", "gene"]) - {"non-targeting"})
+    lists = {"val": perturbed[:2] + ["NOT_A_GENE"], "test": [name.lower() for name in perturbed[2:6]] + ["ALSO_ABSENT", "X2"]}
+    ingestion_params["split"]["split_file"] = "authors_split.json"
+    with caplog.at_level(logging.WARNING):
+        screen, manifest = ingest(tiny_screen, ingestion_params, lists)
+    _check_split_invariants(screen, manifest)
+    assert manifest["cell_lines"]["hepg2"][VAL] == perturbed[:2]
+    assert manifest["cell_lines"]["hepg2"][TEST] == perturbed[2:6]  # matched case-insensitively
+    assert manifest["missing_from_screen"] == {"val": ["NOT_A_GENE"], "test": ["ALSO_ABSENT", "X2"]}
+    assert manifest["source"] == "authors_split.json"
+    assert "2 of 6 'test' genes are not perturbed" in caplog.text
+
+
+def test_real_authors_split_file_format(shared_data: Path, tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    """The authors' lists name real genes, none of which the simulated screen has: a clear error."""
+    lists = json.loads((shared_data / "replogle_nadig_fewshot_split.json").read_text())
+    assert len(lists["val"]) == 104 and len(lists["test"]) == 624
+    ingestion_params["split"]["split_file"] = "replogle_nadig_fewshot_split.json"
+    with pytest.raises(ScreenError) as error:
+        ingest(tiny_screen, ingestion_params, lists)
+    assert_one_line(error, "replogle_nadig_fewshot_split.json", "none of the 104 'val' genes", "hepg2")
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("column", ["gene", "cell_line", "gem_group"])
+def test_missing_obs_column(tiny_screen: ad.AnnData, ingestion_params: dict, column: str) -> None:
+    del tiny_screen.obs[column]
+    with pytest.raises(ScreenError) as error:
+        standardise_screen(tiny_screen, ingestion_params["columns"])
+    assert_one_line(error, "tiny_screen.h5ad", f"obs column '{column}'", "missing")
+
+
+def test_no_control_cells_in_a_line(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    keep = ~((tiny_screen.obs["cell_line"] == "rpe1") & (tiny_screen.obs["gene"] == "non-targeting"))
+    with pytest.raises(ScreenError) as error:
+        standardise_screen(tiny_screen[keep.to_numpy()].copy(), ingestion_params["columns"])
+    assert_one_line(error, "tiny_screen.h5ad", "'gene'", "no 'non-targeting'", "rpe1")
+
+
+def test_other_control_label(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    tiny_screen.obs["gene"] = tiny_screen.obs["gene"].cat.rename_categories({"non-targeting": "ctrl"})
+    with pytest.raises(ScreenError, match="no 'non-targeting'"):
+        standardise_screen(tiny_screen, ingestion_params["columns"])
+    ingestion_params["columns"]["control_label"] = "ctrl"
+    screen, manifest = ingest(tiny_screen, ingestion_params)
+    assert manifest["control_label"] == "ctrl"
+    assert (screen.obs.loc[screen.obs["perturbation"] == "ctrl", "split"] == CONTROL).all()
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [(-1.0, "negative"), (np.nan, "NaN"), (0.5, "non-integer")]
+)
+def test_bad_counts(tiny_screen: ad.AnnData, ingestion_params: dict, value: float, fragment: str) -> None:
+    tiny_screen.X.data[7] = value
+    standardised = standardise_screen(tiny_screen, ingestion_params["columns"])
+    with pytest.raises(ScreenError) as error:
+        select_features(standardised, ingestion_params["features"])
+    assert_one_line(error, "tiny_screen.h5ad", "X holds", fragment)
+
+
+def test_bad_dense_counts(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    tiny_screen.X = tiny_screen.X.toarray()
+    tiny_screen.X[3, 4] = -2
+    standardised = standardise_screen(tiny_screen, ingestion_params["columns"])
+    with pytest.raises(ScreenError, match="negative"):
+        select_features(standardised, ingestion_params["features"])
+
+
+def test_heldout_line_missing(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    ingestion_params["split"]["heldout_cell_line"] = "hek293"
+    with pytest.raises(ScreenError) as error:
+        ingest(tiny_screen, ingestion_params)
+    assert_one_line(error, "tiny_screen.h5ad", "'cell_line'", "'hek293'", "heldout_cell_line")
+
+
+def test_empty_split(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    ingestion_params["split"]["val_fraction"] = 0.0
+    with pytest.raises(ScreenError) as error:
+        ingest(tiny_screen, ingestion_params)
+    assert_one_line(error, "tiny_screen.h5ad", "val split is empty")
+
+
+def test_split_file_malformed_and_overlapping(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+    ingestion_params["split"]["split_file"] = "lists.json"
+    with pytest.raises(ScreenError) as error:
+        ingest(tiny_screen.copy(), ingestion_params, {"val": "ABC", "test": []})
+    assert_one_line(error, "lists.json", "field 'val'")
+    in_heldout = tiny_screen.obs["cell_line"] == "hepg2"
+    perturbed = sorted(set(tiny_screen.obs.loc[in_heldout, "gene"]) - {"non-targeting"})
+    with pytest.raises(ScreenError) as error:
+        ingest(tiny_screen, ingestion_params, {"val": perturbed[:3], "test": perturbed[2:5]})
+    assert_one_line(error, "lists.json", "share genes")
+

@@ -1,0 +1,207 @@
+"""The demo simulator: layout of the real file, and the biology that makes the task meaningful."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from ptrag_kedro.simulation import (
+    CONTROL_LABEL,
+    SimulationConfig,
+    gene_module_table,
+    plan_screen,
+    simulate_gene_embeddings,
+    simulate_screen,
+    write_screen_h5ad,
+)
+
+
+def _log_normalised(screen: ad.AnnData) -> np.ndarray:
+    counts = screen.X.toarray()
+    return np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
+
+
+@pytest.fixture(scope="module")
+def responses(tiny_config: SimulationConfig) -> tuple[dict, dict, pd.DataFrame]:
+    """Mean log shifts vs same-line controls per (line, perturbation), and the gene table.
+
+    Controls are split in two halves and every shift is measured against each half, so that two
+    shifts compared with each other never share the same control-mean noise. The target's own
+    gene is left out of comparisons (its knockdown is tested separately), and so are lowly
+    expressed genes.
+    """
+    config = SimulationConfig.from_params({**tiny_config.to_dict(), "cells_per_perturbation": 120})
+    plan = plan_screen(config)
+    screen = simulate_screen(plan)
+    expression = _log_normalised(screen)
+    obs = screen.obs
+    shifts = {}  # key -> (all cells vs control half 1, all cells vs control half 2)
+    halves = {}  # key -> (first half vs control half 1, second half vs control half 2)
+    for line in config.cell_lines:
+        in_line = (obs["cell_line"] == line).to_numpy()
+        controls = expression[in_line & (obs["gene"] == CONTROL_LABEL).to_numpy()]
+        middle = len(controls) // 2
+        control_means = controls[:middle].mean(axis=0), controls[middle:].mean(axis=0)
+        for perturbation in obs.loc[in_line, "gene"].unique():
+            if perturbation == CONTROL_LABEL:
+                continue
+            rows = expression[in_line & (obs["gene"] == perturbation).to_numpy()]
+            half = len(rows) // 2
+            key = (line, perturbation)
+            shifts[key] = tuple(rows.mean(axis=0) - mean for mean in control_means)
+            halves[key] = (
+                rows[:half].mean(axis=0) - control_means[0],
+                rows[half:].mean(axis=0) - control_means[1],
+            )
+    # Compare well-expressed genes only: at 0.2 counts per cell the rest is mostly sampling noise.
+    genes = plan.genes.assign(
+        expressed=np.asarray(screen.X[(obs["gene"] == CONTROL_LABEL).to_numpy()].mean(axis=0)).ravel() >= 1.0
+    )
+    return shifts, halves, genes
+
+
+def _drop(vectors: tuple[np.ndarray, ...], genes: pd.DataFrame, *targets: str) -> list[np.ndarray]:
+    keep = genes["expressed"].to_numpy() & ~genes.index.isin(targets)
+    return [vector[keep] for vector in vectors]
+
+
+def _correlation(first: np.ndarray, second: np.ndarray, genes: pd.DataFrame, *targets: str) -> float:
+    """Pearson r of two shift vectors, leaving out the knocked-down genes themselves."""
+    return float(np.corrcoef(*_drop((first, second), genes, *targets))[0, 1])
+
+
+def test_layout_matches_replogle_nadig(tiny_config: SimulationConfig) -> None:
+    screen = simulate_screen(tiny_config)
+    assert sp.issparse(screen.X) and screen.X.dtype == np.float32
+    assert set(screen.obs.columns) == {"gene", "cell_line", "gem_group"}
+    assert set(screen.obs["cell_line"]) == {"k562", "rpe1", "jurkat", "hepg2"}
+    counts = screen.X.data
+    assert (counts >= 0).all() and np.array_equal(counts, np.round(counts))
+    assert screen.var_names.is_unique and screen.obs_names.is_unique
+    # gem groups are per line and there are several per line
+    per_line = screen.obs.groupby("cell_line", observed=True)["gem_group"].nunique()
+    assert (per_line == tiny_config.batches_per_line).all()
+    for line, fraction in screen.obs.groupby("cell_line", observed=True)["gene"].apply(
+        lambda genes: (genes == CONTROL_LABEL).mean()
+    ).items():
+        assert 0.05 <= fraction <= 0.10, line
+
+
+def test_on_target_knockdown_visible(tiny_config: SimulationConfig) -> None:
+    screen = simulate_screen(tiny_config)
+    counts = screen.X.toarray()
+    normalised = counts / counts.sum(axis=1, keepdims=True)
+    obs = screen.obs
+    ratios = []
+    for (line, target), group in obs.groupby(["cell_line", "gene"], observed=True):
+        if target == CONTROL_LABEL:
+            continue
+        column = screen.var_names.get_loc(target)
+        controls = ((obs["cell_line"] == line) & (obs["gene"] == CONTROL_LABEL)).to_numpy()
+        if counts[controls, column].mean() < 0.5:
+            continue  # too lowly expressed to measure a ratio
+        perturbed = normalised[obs.index.get_indexer(group.index), column].mean()
+        ratios.append(perturbed / normalised[controls, column].mean())
+    assert len(ratios) >= 10
+    # Knockdown removes 60-95 % of the target's mRNA: the median ratio is well below one half.
+    assert np.median(ratios) < 0.4
+    assert np.mean(np.asarray(ratios) < 0.7) > 0.8
+
+
+def test_module_members_respond_alike(responses) -> None:
+    shifts, _, genes = responses
+    strong = [key for key in shifts if genes.loc[key[1], "effect_strength"] > 0.5]
+    module = genes["module"]
+    same, different = [], []
+    for i, first in enumerate(strong):
+        for second in strong[i + 1 :]:
+            if first[0] != second[0] or module[first[1]] < 0 or module[second[1]] < 0:
+                continue
+            r = _correlation(shifts[first][0], shifts[second][1], genes, first[1], second[1])
+            (same if module[first[1]] == module[second[1]] else different).append(r)
+    assert len(same) > 5 and len(different) > 5
+    assert np.mean(same) > 0.25
+    assert np.mean(same) > np.mean(different) + 0.25
+
+
+def test_cell_lines_differ(responses) -> None:
+    shifts, halves, genes = responses
+    strong = {key for key in shifts if genes.loc[key[1], "effect_strength"] > 0.5 and genes.loc[key[1], "module"] >= 0}
+    across, within = [], []
+    for line, perturbation in strong:
+        first, second = halves[(line, perturbation)]
+        within.append(_correlation(first, second, genes, perturbation))
+        for other_line, other in strong:
+            if other == perturbation and other_line > line:
+                across.append(_correlation(first, halves[(other_line, other)][1], genes, other))
+    assert len(across) > 5
+    # The shared component makes lines alike, the line-specific one makes them differ beyond noise.
+    # Same number of cells on both sides: the gap is the line-specific programme, not noise.
+    assert 0.1 < np.mean(across) < np.mean(within) - 0.1
+
+
+def test_some_perturbations_are_weak(responses) -> None:
+    shifts, halves, genes = responses
+    # The dot product of two independent halves' shifts estimates |true shift|^2 without noise.
+    signal = np.array([np.dot(*_drop(halves[key], genes, key[1])) for key in shifts])
+    weak = genes.loc[[key[1] for key in shifts], "effect_strength"].to_numpy() < 0.1
+    assert weak.any() and (~weak).any()
+    assert np.median(signal[weak]) < 0.3 * np.median(signal[~weak])
+
+
+def test_same_seed_same_file(tmp_path: Path, tiny_config: SimulationConfig) -> None:
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    simulate_screen(tiny_config).write_h5ad(tmp_path / "a.h5ad")
+    simulate_screen(tiny_config).write_h5ad(tmp_path / "b.h5ad")
+    assert digest(tmp_path / "a.h5ad") == digest(tmp_path / "b.h5ad")
+    other = SimulationConfig.from_params({**tiny_config.to_dict(), "seed": tiny_config.seed + 1})
+    first, second = simulate_screen(other), simulate_screen(tiny_config)
+    assert first.shape != second.shape or (first.X != second.X).nnz > 0
+
+
+def test_streamed_file_equals_in_memory_screen(tmp_path: Path, tiny_config: SimulationConfig) -> None:
+    small_blocks = SimulationConfig.from_params({**tiny_config.to_dict(), "block_cells": 97})
+    path = write_screen_h5ad(small_blocks, tmp_path / "streamed.h5ad")
+    streamed = ad.read_h5ad(path)
+    in_memory = simulate_screen(tiny_config)
+    assert (streamed.X != in_memory.X).nnz == 0
+    pd.testing.assert_frame_equal(streamed.obs, in_memory.obs)
+    assert list(streamed.var_names) == list(in_memory.var_names)
+    assert [p.name for p in tmp_path.iterdir()] == ["streamed.h5ad"]
+
+
+def test_embeddings_reflect_modules_partly(tiny_config: SimulationConfig) -> None:
+    config = SimulationConfig()  # the demo: 1,536-d, 12 modules
+    genes = plan_screen(config).genes
+    embeddings = simulate_gene_embeddings(config, genes)
+    assert embeddings.shape == (config.n_genes, 1536)
+    np.testing.assert_allclose(np.linalg.norm(embeddings.to_numpy(), axis=1), 1.0, rtol=1e-5)
+    vectors = embeddings.to_numpy()[genes["perturbed"].to_numpy()]
+    module = genes["module"].to_numpy()[genes["perturbed"].to_numpy()]
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    top = np.argsort(-similarity, axis=1)[:, :10]
+    in_module = module >= 0
+    precision = (module[top] == module[:, None])[in_module].mean()
+    chance = np.mean([(module == m).sum() - 1 for m in module[in_module]]) / (len(module) - 1)
+    # Informative (far above chance) but not perfect (noise, topics and misleading genes).
+    assert precision > 3 * chance
+    assert precision < 0.9
+    table = gene_module_table(genes)
+    assert list(table.columns[:2]) == ["symbol", "module"]
+    assert table["misleading_embedding"].any()
+
+
+def test_config_rejects_unknown_and_bad_fields() -> None:
+    with pytest.raises(ValueError, match="unknown field"):
+        SimulationConfig.from_params({"n_cells": 5})
+    with pytest.raises(ValueError, match="'control_fraction'"):
+        SimulationConfig.from_params({"control_fraction": 1.5})

@@ -1,0 +1,121 @@
+"""End-to-end runs through Kedro: a session on the demo, and the CLI on a user's screen."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import pytest
+import yaml
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from kedro.io import DatasetError
+
+from tests.conftest import PROJECT_ROOT, TINY_SIMULATION
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the project's configuration in tmp_path, with a tiny demo screen in conf/local."""
+    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "conf" / "local").mkdir()
+    overrides = {
+        "simulation": {key: value for key, value in TINY_SIMULATION.items()},
+        "ingestion": {"features": {"n_top_genes": 100}},
+    }
+    (tmp_path / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(overrides))
+    monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
+    bootstrap_project(tmp_path)
+    return tmp_path
+
+
+def _run(project: Path, pipeline: str | None = None, runtime_params: dict[str, Any] | None = None) -> None:
+    with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
+        session.run(pipeline_name=pipeline)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_default_kedro_run_on_demo(project: Path) -> None:
+    _run(project)
+    screen = ad.read_h5ad(project / "data/03_primary/screen.h5ad")
+    manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
+    assert screen.n_vars == 100
+    assert {"perturbation", "cell_line", "batch", "split"} <= set(screen.obs.columns)
+    assert manifest["screen_fingerprint"] == screen.uns["ptrag"]["fingerprint"]
+    assert manifest["heldout_cell_line"] == "hepg2"
+    assert (project / "data/01_raw/demo/gene_embeddings.pickle").is_file()
+    assert (project / "data/01_raw/demo/gene_modules.csv").is_file()
+    # Nothing half-written is left behind.
+    assert not [path for path in (project / "data").rglob(".*") if path.name != ".gitkeep"]
+
+
+def test_runtime_params_select_heldout_line(project: Path) -> None:
+    _run(project, runtime_params={"heldout_cell_line": "k562"})
+    manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
+    assert manifest["heldout_cell_line"] == "k562"
+    assert manifest["cell_lines"]["k562"]["test"]
+
+
+def test_demo_never_overwrites_a_users_screen(project: Path, tiny_screen: ad.AnnData) -> None:
+    user_file = project / "my_screen.h5ad"
+    tiny_screen.write_h5ad(user_file)
+    before = _digest(user_file)
+    with pytest.raises(DatasetError, match="refusing to write"):
+        _run(project, runtime_params={"raw_screen_path": str(user_file)})
+    assert _digest(user_file) == before
+    assert not (project / "data/03_primary/screen.h5ad").exists()
+
+
+def test_truncated_screen_leaves_nothing(project: Path, tiny_screen: ad.AnnData) -> None:
+    user_file = project / "truncated.h5ad"
+    tiny_screen.write_h5ad(user_file)
+    user_file.write_bytes(user_file.read_bytes()[:5000])
+    with pytest.raises(DatasetError, match="not a readable h5ad file"):
+        _run(project, "ingestion", {"raw_screen_path": str(user_file)})
+    assert not (project / "data/03_primary/screen.h5ad").exists()
+    assert not (project / "data/03_primary/split_manifest.json").exists()
+
+
+def test_cli_ingestion_of_a_real_screen(project: Path, shared_data: Path) -> None:
+    """The exact command of the README, on real counts with a split file."""
+    raw = shared_data / "papalexi2021_thp1_crispr_counts.h5ad"
+    split_file = project / "thp1_split.json"
+    split_file.write_text(json.dumps({"val": ["STAT1", "IRF7"], "test": ["JAK2", "IFNGR1", "MYC", "NOT_A_GENE"]}))
+    before = _digest(raw)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    kedro = Path(sys.executable).with_name("kedro")
+    result = subprocess.run(
+        [
+            str(kedro),
+            "run",
+            "--pipeline=ingestion",
+            f"--params=raw_screen_path={raw},heldout_cell_line=thp1,split_file={split_file}",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
+    assert manifest["source"] == str(split_file)
+    assert manifest["cell_lines"]["thp1"]["val"] == ["IRF7", "STAT1"]
+    assert manifest["cell_lines"]["thp1"]["test"] == ["IFNGR1", "JAK2", "MYC"]
+    assert manifest["missing_from_screen"]["test"] == ["NOT_A_GENE"]
+    screen = ad.read_h5ad(project / "data/03_primary/screen.h5ad")
+    assert screen.uns["ptrag"]["raw_screen"] == str(raw)
+    assert _digest(raw) == before  # a raw input is never written
