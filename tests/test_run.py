@@ -28,6 +28,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the project's configuration in tmp_path, with a tiny demo screen in conf/local."""
     shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "src").mkdir()  # Kedro checks it exists; the package itself is installed
     (tmp_path / "conf" / "local").mkdir()
     overrides = {
         "simulation": {key: value for key, value in TINY_SIMULATION.items()},
@@ -119,3 +120,14 @@ def test_cli_ingestion_of_a_real_screen(project: Path, shared_data: Path) -> Non
     screen = ad.read_h5ad(project / "data/03_primary/screen.h5ad")
     assert screen.uns["ptrag"]["raw_screen"] == str(raw)
     assert _digest(raw) == before  # a raw input is never written
+
+
+def test_registry_names_every_pipeline() -> None:
+    from ptrag_kedro.pipeline_registry import register_pipelines
+
+    pipelines = register_pipelines()
+    assert {"demo", "download", "ingestion", "analysis", "__default__"} <= set(pipelines)
+    default_nodes = {node.name for node in pipelines["__default__"].nodes}
+    assert "simulate_demo_screen" in default_nodes and "split_screen" in default_nodes
+    assert "simulate_demo_screen" not in {node.name for node in pipelines["analysis"].nodes}
+    assert "download_raw_screen" not in default_nodes

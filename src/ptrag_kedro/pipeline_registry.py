@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-# Pipelines that read the raw screen, in run order. ``analysis`` runs them on any screen;
-# ``__default__`` puts the demo simulator in front, so a bare ``kedro run`` works on a fresh clone.
-ANALYSIS_PIPELINES = ("ingestion",)
+from ptrag_kedro.pipelines import demo, download, ingestion
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register every pipeline package, plus ``analysis`` and ``__default__``."""
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines["analysis"] = sum((pipelines[name] for name in ANALYSIS_PIPELINES), Pipeline([]))
+    """Every pipeline package, plus ``analysis`` and ``__default__``.
+
+    The packages are listed here rather than found with ``find_pipelines``: since Kedro 1.5,
+    ``find_pipelines`` under ``kedro run --pipeline=NAME`` imports only a package called NAME, and
+    composite names (``analysis``, ``__default__``, the per-variant training instances) are not
+    packages.
+    """
+    pipelines = {
+        "demo": demo.create_pipeline(),
+        "download": download.create_pipeline(),
+        "ingestion": ingestion.create_pipeline(),
+    }
+    # Everything that reads the raw screen, in run order: works on any screen.
+    pipelines["analysis"] = pipelines["ingestion"]
+    # A bare `kedro run` simulates the demo screen first, so it works on a fresh clone.
     pipelines["__default__"] = pipelines["demo"] + pipelines["analysis"]
     return pipelines

@@ -224,3 +224,23 @@ def test_split_file_malformed_and_overlapping(tiny_screen: ad.AnnData, ingestion
         ingest(tiny_screen, ingestion_params, {"val": perturbed[:3], "test": perturbed[2:5]})
     assert_one_line(error, "lists.json", "share genes")
 
+
+
+@pytest.mark.parametrize("path", ["counts", "obsm"])
+def test_small_perturbation_groups_are_dropped(tiny_screen: ad.AnnData, ingestion_params: dict, path: str) -> None:
+    obs = tiny_screen.obs
+    in_k562 = (obs["cell_line"] == "k562").to_numpy()
+    target = sorted(set(obs.loc[in_k562, "gene"]) - {"non-targeting"})[0]
+    group = np.flatnonzero(in_k562 & (obs["gene"] == target).to_numpy())
+    keep = np.ones(tiny_screen.n_obs, dtype=bool)
+    keep[group[3:]] = False  # leave 3 cells, below min_cells_per_perturbation = 5
+    screen = tiny_screen[keep].copy()
+    ingestion_params["features"]["min_genes_per_cell"] = 0  # isolate the group-size filter
+    if path == "obsm":
+        screen.obsm["X_hvg"] = np.ones((screen.n_obs, 4), dtype=np.float32)
+    featurised = select_features(standardise_screen(screen, ingestion_params["columns"]), ingestion_params["features"])
+    remaining = featurised.obs[featurised.obs["cell_line"] == "k562"]
+    assert target not in set(remaining["perturbation"])
+    assert featurised.n_obs == screen.n_obs - 3
+    assert (remaining["perturbation"] == "non-targeting").any()
+    assert featurised.uns["ptrag"]["features"]["path"].startswith("obsm" if path == "obsm" else "scanpy")

@@ -119,32 +119,38 @@ def _check_controls(obs: pd.DataFrame, control_label: str, source: str, column: 
 def select_features(screen: ad.AnnData, features: dict[str, Any]) -> ad.AnnData:
     """Use ``obsm[obsm_key]`` when present; otherwise QC + normalise + log1p + HVG with scanpy.
 
-    The path taken and its settings are recorded in ``uns["ptrag"]["features"]``.
+    Either way (cell line, perturbation) groups with fewer than ``min_cells_per_perturbation``
+    cells are dropped (controls never). The path taken and its settings are recorded in
+    ``uns["ptrag"]["features"]``. On the counts path a float32 X is normalised in place when no
+    cell is filtered out: the input's X is consumed rather than copied (it is the largest object).
     """
     source = _source(screen)
     obsm_key = features.get("obsm_key") or ""
     control_label = screen.uns[PROVENANCE_KEY]["control_label"]
+    min_cells = int(features["min_cells_per_perturbation"])
     if obsm_key and obsm_key in screen.obsm:
-        featurised = _features_from_obsm(screen, obsm_key, source)
+        keep = _cells_in_large_groups(screen.obs, np.ones(screen.n_obs, dtype=bool), min_cells, control_label)
+        featurised = _features_from_obsm(screen, obsm_key, source, keep)
         record: dict[str, Any] = {"path": f"obsm:{obsm_key}"}
     else:
-        featurised, record = _features_from_counts(screen, features, source)
-    featurised = _drop_small_perturbations(
-        featurised, int(features["min_cells_per_perturbation"]), control_label
-    )
+        featurised, record = _features_from_counts(screen, features, source, min_cells, control_label)
+    for column in (PERTURBATION, CELL_LINE):
+        featurised.obs[column] = featurised.obs[column].cat.remove_unused_categories()
     _check_controls(featurised.obs, control_label, source, PERTURBATION)
     record.update(
         n_features=int(featurised.n_vars),
         n_cells=int(featurised.n_obs),
-        min_cells_per_perturbation=int(features["min_cells_per_perturbation"]),
+        min_cells_per_perturbation=min_cells,
     )
     featurised.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "features": record}
     logger.info("Features: %s -> %d cells x %d features", record["path"], *featurised.shape)
     return featurised
 
 
-def _features_from_obsm(screen: ad.AnnData, obsm_key: str, source: str) -> ad.AnnData:
+def _features_from_obsm(screen: ad.AnnData, obsm_key: str, source: str, keep: np.ndarray) -> ad.AnnData:
     matrix = screen.obsm[obsm_key]
+    if not keep.all():
+        matrix = matrix[keep]
     matrix = matrix.astype(np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
     values = matrix.data if sp.issparse(matrix) else matrix
     if not np.isfinite(values).all():
@@ -152,9 +158,8 @@ def _features_from_obsm(screen: ad.AnnData, obsm_key: str, source: str) -> ad.An
     feature_names = _obsm_feature_names(screen, matrix.shape[1])
     return ad.AnnData(
         X=matrix,
-        obs=screen.obs.copy(),
+        obs=screen.obs[keep].copy(),
         var=pd.DataFrame(index=pd.Index(feature_names)),
-        uns={PROVENANCE_KEY: screen.uns[PROVENANCE_KEY]},
     )
 
 
@@ -195,25 +200,29 @@ def _check_counts(matrix: Any, source: str) -> None:
 
 
 def _features_from_counts(
-    screen: ad.AnnData, features: dict[str, Any], source: str
+    screen: ad.AnnData, features: dict[str, Any], source: str, min_cells: int, control_label: str
 ) -> tuple[ad.AnnData, dict[str, Any]]:
     if screen.X is None:
         raise ScreenError(f"{source}: X is empty and obsm has no '{features.get('obsm_key')}'")
     _check_counts(screen.X, source)
+    min_genes = int(features["min_genes_per_cell"])
+    keep = np.ones(screen.n_obs, dtype=bool)
+    if min_genes > 0:
+        keep, _ = sc.pp.filter_cells(screen.X, min_genes=min_genes, inplace=False)
+        if not keep.any():
+            raise ScreenError(
+                f"{source}: no cell has {min_genes} detected genes (parameter "
+                "ingestion.features.min_genes_per_cell)"
+            )
+    n_low_genes = int((~keep).sum())
+    keep = _cells_in_large_groups(screen.obs, keep, min_cells, control_label)
+    # All row filters in one subset (a copy of X), and none when every cell passes.
+    counts = screen.X[keep] if not keep.all() else screen.X
     adata = ad.AnnData(
-        X=screen.X.astype(np.float32) if screen.X.dtype != np.float32 else screen.X,
-        obs=screen.obs.copy(),
+        X=counts.astype(np.float32) if counts.dtype != np.float32 else counts,
+        obs=screen.obs[keep].copy(),
         var=pd.DataFrame(index=screen.var_names.copy()),
     )
-    n_cells_before = adata.n_obs
-    min_genes = int(features["min_genes_per_cell"])
-    if min_genes > 0:
-        sc.pp.filter_cells(adata, min_genes=min_genes)
-    if adata.n_obs == 0:
-        raise ScreenError(
-            f"{source}: no cell has {min_genes} detected genes (parameter "
-            "ingestion.features.min_genes_per_cell)"
-        )
     target_sum = float(features["normalize_target_sum"])
     sc.pp.normalize_total(adata, target_sum=target_sum)
     sc.pp.log1p(adata)
@@ -229,7 +238,7 @@ def _features_from_counts(
     record = {
         "path": "scanpy:filter_cells+normalize_total+log1p+highly_variable_genes",
         "min_genes_per_cell": min_genes,
-        "cells_removed_min_genes": int(n_cells_before - adata.n_obs),
+        "cells_removed_min_genes": n_low_genes,
         "normalize_target_sum": target_sum,
         "n_top_genes": n_top,
         "hvg_flavor": str(features.get("hvg_flavor", "seurat")),
@@ -237,23 +246,26 @@ def _features_from_counts(
     return adata, record
 
 
-def _drop_small_perturbations(adata: ad.AnnData, min_cells: int, control_label: str) -> ad.AnnData:
-    """Drop (cell line, perturbation) groups with fewer than ``min_cells`` cells (controls stay)."""
-    group_size = adata.obs.groupby([CELL_LINE, PERTURBATION], observed=True)[PERTURBATION].transform("size")
-    keep = (group_size.to_numpy() >= min_cells) | (adata.obs[PERTURBATION].to_numpy() == control_label)
-    n_dropped = int((~keep).sum())
-    if n_dropped:
-        dropped = adata.obs.loc[~keep, [CELL_LINE, PERTURBATION]].drop_duplicates()
+def _cells_in_large_groups(
+    obs: pd.DataFrame, candidates: np.ndarray, min_cells: int, control_label: str
+) -> np.ndarray:
+    """``candidates`` minus cells of (line, perturbation) groups with < ``min_cells`` candidates.
+
+    Controls are never dropped: they are every line's basal cells.
+    """
+    keys = obs[[CELL_LINE, PERTURBATION]][candidates]
+    group_size = keys.groupby([CELL_LINE, PERTURBATION], observed=True)[PERTURBATION].transform("size")
+    small = (group_size.to_numpy() < min_cells) & (keys[PERTURBATION].to_numpy() != control_label)
+    if small.any():
         logger.info(
             "QC: dropped %d cells of %d (cell line, perturbation) groups with < %d cells",
-            n_dropped,
-            len(dropped),
+            int(small.sum()),
+            len(keys[small].drop_duplicates()),
             min_cells,
         )
-        adata = adata[keep].copy()
-    for column in (PERTURBATION, CELL_LINE):
-        adata.obs[column] = adata.obs[column].cat.remove_unused_categories()
-    return adata
+    keep = candidates.copy()
+    keep[np.flatnonzero(candidates)[small]] = False
+    return keep
 
 
 # --------------------------------------------------------------------------------------------
