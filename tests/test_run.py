@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from kedro.framework.session import KedroSession
@@ -33,6 +35,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     overrides = {
         "simulation": {key: value for key, value in TINY_SIMULATION.items()},
         "ingestion": {"features": {"n_top_genes": 100}},
+        "retrieval_index": {"k": 5},
     }
     (tmp_path / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(overrides))
     monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
@@ -58,7 +61,15 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     assert manifest["screen_fingerprint"] == screen.uns["ptrag"]["fingerprint"]
     assert manifest["heldout_cell_line"] == "hepg2"
     assert (project / "data/01_raw/demo/gene_embeddings.pickle").is_file()
-    assert (project / "data/01_raw/demo/gene_modules.csv").is_file()
+    assert (project / "data/01_raw/demo/gene_modules.parquet").is_file()
+    embeddings = pd.read_parquet(project / "data/04_feature/perturbation_embeddings.parquet")
+    assert embeddings.shape[1] == TINY_SIMULATION["embedding_dim"]
+    assert embeddings.attrs["screen_fingerprint"] == manifest["screen_fingerprint"]
+    candidates = pd.read_parquet(project / "data/05_model_input/retrieval_candidates.parquet")
+    assert (candidates.groupby("perturbation").size() == 5).all()
+    diagnostics = json.loads((project / "data/08_reporting/retrieval_diagnostics.json").read_text())
+    assert diagnostics["module_precision"]["precision"] > diagnostics["module_precision"]["random_expectation"]
+    assert (project / "data/08_reporting/retrieval_diagnostics.png").stat().st_size > 10_000
     # Nothing half-written is left behind.
     assert not [path for path in (project / "data").rglob(".*") if path.name != ".gitkeep"]
 
@@ -90,28 +101,54 @@ def test_truncated_screen_leaves_nothing(project: Path, tiny_screen: ad.AnnData)
     assert not (project / "data/03_primary/split_manifest.json").exists()
 
 
+def _kedro_cli(project: Path, *arguments: str) -> subprocess.CompletedProcess:
+    kedro = Path(sys.executable).with_name("kedro")
+    result = subprocess.run(
+        [str(kedro), "run", *arguments],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_cli_genept_with_a_users_embedding_file(project: Path) -> None:
+    """`--params=gene_embeddings_path=PATH` picks the file (format from its extension)."""
+    _run(project, "demo")
+    _run(project, "ingestion")
+    manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
+    perturbations = sorted({p for line in manifest["cell_lines"].values() for kind in ("train", "val", "test") for p in line[kind]})
+    user_vectors = pd.DataFrame(
+        np.random.default_rng(0).normal(size=(len(perturbations), 12)).astype(np.float32),
+        index=pd.Index([p.lower() for p in perturbations], name="symbol"),  # other case: still matched
+    )
+    user_vectors.columns = [str(c) for c in user_vectors.columns]
+    user_file = project / "my_vectors.parquet"
+    user_vectors.to_parquet(user_file)
+    before = _digest(user_file)
+    _kedro_cli(project, "--pipeline=genept", f"--params=gene_embeddings_path={user_file}")
+    embeddings = pd.read_parquet(project / "data/04_feature/perturbation_embeddings.parquet")
+    assert embeddings.shape == (len(perturbations) + 1, 12)
+    assert embeddings.attrs["source"] == str(user_file)
+    assert _digest(user_file) == before
+    _run(project, "retrieval_index")  # consumes the new embeddings without complaint
+    assert (project / "data/05_model_input/retrieval_candidates.parquet").is_file()
+
+
 def test_cli_ingestion_of_a_real_screen(project: Path, shared_data: Path) -> None:
     """The exact command of the README, on real counts with a split file."""
     raw = shared_data / "papalexi2021_thp1_crispr_counts.h5ad"
     split_file = project / "thp1_split.json"
     split_file.write_text(json.dumps({"val": ["STAT1", "IRF7"], "test": ["JAK2", "IFNGR1", "MYC", "NOT_A_GENE"]}))
     before = _digest(raw)
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
-    kedro = Path(sys.executable).with_name("kedro")
-    result = subprocess.run(
-        [
-            str(kedro),
-            "run",
-            "--pipeline=ingestion",
-            f"--params=raw_screen_path={raw},heldout_cell_line=thp1,split_file={split_file}",
-        ],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    _kedro_cli(
+        project,
+        "--pipeline=ingestion",
+        f"--params=raw_screen_path={raw},heldout_cell_line=thp1,split_file={split_file}",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
     assert manifest["source"] == str(split_file)
     assert manifest["cell_lines"]["thp1"]["val"] == ["IRF7", "STAT1"]
@@ -126,7 +163,7 @@ def test_registry_names_every_pipeline() -> None:
     from ptrag_kedro.pipeline_registry import register_pipelines
 
     pipelines = register_pipelines()
-    assert {"demo", "download", "ingestion", "analysis", "__default__"} <= set(pipelines)
+    assert {"demo", "download", "ingestion", "genept", "retrieval_index", "analysis", "__default__"} <= set(pipelines)
     default_nodes = {node.name for node in pipelines["__default__"].nodes}
     assert "simulate_demo_screen" in default_nodes and "split_screen" in default_nodes
     assert "simulate_demo_screen" not in {node.name for node in pipelines["analysis"].nodes}

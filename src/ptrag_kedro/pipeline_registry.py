@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from ptrag_kedro.pipelines import demo, download, ingestion
+from ptrag_kedro.pipelines import demo, download, genept, ingestion, retrieval_index
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -19,9 +19,11 @@ def register_pipelines() -> dict[str, Pipeline]:
         "demo": demo.create_pipeline(),
         "download": download.create_pipeline(),
         "ingestion": ingestion.create_pipeline(),
+        "genept": genept.create_pipeline(),
+        "retrieval_index": retrieval_index.create_pipeline(),
     }
     # Everything that reads the raw screen, in run order: works on any screen.
-    pipelines["analysis"] = pipelines["ingestion"]
+    pipelines["analysis"] = pipelines["ingestion"] + pipelines["genept"] + pipelines["retrieval_index"]
     # A bare `kedro run` simulates the demo screen first, so it works on a fresh clone.
     pipelines["__default__"] = pipelines["demo"] + pipelines["analysis"]
     return pipelines

@@ -1,7 +1,9 @@
-"""Custom Kedro datasets: h5ad, JSON (atomic, optional) and gene-embedding files."""
+"""Custom Kedro datasets: h5ad, JSON, parquet (atomic), gene-embedding files and faiss indexes."""
 
 from ptrag_kedro.datasets.anndata_dataset import AnnDataDataset
+from ptrag_kedro.datasets.faiss_dataset import FaissIndexDataset
 from ptrag_kedro.datasets.gene_embedding_dataset import GeneEmbeddingDataset
 from ptrag_kedro.datasets.json_dataset import JSONDataset
+from ptrag_kedro.datasets.parquet_dataset import ParquetDataset
 
-__all__ = ["AnnDataDataset", "GeneEmbeddingDataset", "JSONDataset"]
+__all__ = ["AnnDataDataset", "FaissIndexDataset", "GeneEmbeddingDataset", "JSONDataset", "ParquetDataset"]

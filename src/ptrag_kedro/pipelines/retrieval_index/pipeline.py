@@ -1,0 +1,34 @@
+"""``retrieval_index`` pipeline: train-only faiss index -> ``retrieval_candidates`` + diagnostics."""
+
+from kedro.pipeline import Pipeline, node
+
+from ptrag_kedro.pipelines.retrieval_index.nodes import (
+    build_retrieval_index,
+    find_retrieval_candidates,
+    retrieval_diagnostics,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                build_retrieval_index,
+                inputs=["perturbation_embeddings", "split_manifest"],
+                outputs="retrieval_index",
+                name="build_retrieval_index",
+            ),
+            node(
+                find_retrieval_candidates,
+                inputs=["retrieval_index", "perturbation_embeddings", "split_manifest", "params:retrieval_index"],
+                outputs="retrieval_candidates",
+                name="find_retrieval_candidates",
+            ),
+            node(
+                retrieval_diagnostics,
+                inputs=["retrieval_candidates", "perturbation_embeddings", "retrieval_index", "gene_modules"],
+                outputs=["retrieval_diagnostics", "retrieval_diagnostics_plot"],
+                name="retrieval_diagnostics",
+            ),
+        ]
+    )

@@ -1,0 +1,146 @@
+"""Retrieval index: faiss equals brute force, no self-retrieval, train only, provenance, bad K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ptrag_kedro.datasets import FaissIndexDataset
+from ptrag_kedro.pipelines.retrieval_index.nodes import (
+    RetrievalError,
+    build_retrieval_index,
+    find_retrieval_candidates,
+    retrieval_diagnostics,
+    train_perturbations,
+)
+from ptrag_kedro.provenance import StaleArtefactError, fingerprint_frame
+from ptrag_kedro.retrieval import build_index, l2_normalise, search
+
+
+def _embeddings(names: list[str], dim: int = 16, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        np.vstack([np.zeros((1, dim)), rng.normal(size=(len(names), dim))]).astype(np.float32),
+        index=pd.Index(["non-targeting", *names], name="perturbation"),
+        columns=[str(column) for column in range(dim)],
+    )
+    frame.attrs = {"screen_fingerprint": "fp", "embeddings_fingerprint": fingerprint_frame(frame)}
+    return frame
+
+
+def _manifest(train_k562: list[str], train_hepg2: list[str], val: list[str], test: list[str]) -> dict[str, Any]:
+    return {
+        "control_label": "non-targeting",
+        "screen_fingerprint": "fp",
+        "cell_lines": {
+            "k562": {"train": train_k562, "val": [], "test": [], "n_control_cells": 5},
+            "hepg2": {"train": train_hepg2, "val": val, "test": test, "n_control_cells": 5},
+        },
+    }
+
+
+@pytest.fixture
+def setup() -> tuple[pd.DataFrame, dict[str, Any]]:
+    names = [f"G{index:03d}" for index in range(60)]
+    # G050-G059 are val/test in hepg2 only; G040-G049 are test in hepg2 but train in k562.
+    split = _manifest(names[:50], names[:40], val=names[50:53], test=names[40:50] + names[53:60])
+    return _embeddings(names), split
+
+
+def test_faiss_equals_brute_force_top_k() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(300, 24)).astype(np.float32)
+    names = [f"P{index}" for index in range(300)]
+    index = build_index(vectors[:200], names[:200])
+    candidates = search(index, vectors, names, k=10)
+    normalised = l2_normalise(vectors)
+    similarity = normalised @ normalised[:200].T
+    for query in range(300):
+        row = similarity[query].copy()
+        if query < 200:
+            row[query] = -np.inf
+        expected = [names[column] for column in np.argsort(-row, kind="stable")[:10]]
+        got = candidates.loc[candidates["perturbation"] == names[query]].sort_values("rank")
+        assert list(got["candidate"]) == expected
+        np.testing.assert_allclose(got["similarity"], np.sort(row)[::-1][:10], rtol=1e-5)
+
+
+def test_ties_are_ordered_by_name() -> None:
+    vectors = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    index = build_index(vectors[[2, 0, 1]], ["C", "A", "B"])
+    candidates = search(index, vectors[[3]], ["Q"], k=3)
+    assert list(candidates["candidate"]) == ["A", "B", "C"]
+
+
+def test_candidates_train_only_and_never_self(setup) -> None:
+    embeddings, split = setup
+    index = build_retrieval_index(embeddings, split)
+    assert index.names == train_perturbations(split) == [f"G{i:03d}" for i in range(50)]
+    candidates = find_retrieval_candidates(index, embeddings, split, {"k": 8})
+    assert set(candidates["perturbation"]) == set(embeddings.index) - {"non-targeting"}
+    assert (candidates["candidate"] != candidates["perturbation"]).all()
+    held_out_only = {f"G{i:03d}" for i in range(50, 60)}
+    assert not set(candidates["candidate"]) & held_out_only
+    assert "non-targeting" not in set(candidates["candidate"])
+    assert (candidates.groupby("perturbation").size() == 8).all()
+    assert candidates.attrs["embeddings_fingerprint"] == embeddings.attrs["embeddings_fingerprint"]
+
+
+def test_k_larger_than_train_set(setup) -> None:
+    embeddings, split = setup
+    index = build_retrieval_index(embeddings, split)
+    find_retrieval_candidates(index, embeddings, split, {"k": 49})  # n_train - 1 is the most
+    with pytest.raises(RetrievalError, match="retrieval_index.k = 50, but with 50 train perturbations"):
+        find_retrieval_candidates(index, embeddings, split, {"k": 50})
+
+
+def test_stale_embeddings_are_refused(setup) -> None:
+    embeddings, split = setup
+    index = build_retrieval_index(embeddings, split)
+    changed = _embeddings([name for name in embeddings.index[1:]], seed=9)
+    with pytest.raises(StaleArtefactError, match="rebuild it with `kedro run --pipeline=retrieval_index`"):
+        find_retrieval_candidates(index, changed, split, {"k": 5})
+    other_screen = {**split, "screen_fingerprint": "another"}
+    with pytest.raises(StaleArtefactError, match="kedro run --pipeline=genept"):
+        build_retrieval_index(embeddings, other_screen)
+
+
+def test_faiss_dataset_round_trip(tmp_path: Path, setup) -> None:
+    embeddings, split = setup
+    index = build_retrieval_index(embeddings, split)
+    dataset = FaissIndexDataset(filepath=str(tmp_path / "index.npz"))
+    dataset.save(index)
+    loaded = dataset.load()
+    assert loaded.names == index.names and loaded.provenance == index.provenance
+    pd.testing.assert_frame_equal(
+        search(loaded, embeddings.iloc[1:].to_numpy(), list(embeddings.index[1:]), 5),
+        search(index, embeddings.iloc[1:].to_numpy(), list(embeddings.index[1:]), 5),
+    )
+    from kedro.io import DatasetError
+
+    with pytest.raises(DatasetError, match="no such faiss index file"):
+        FaissIndexDataset(filepath=str(tmp_path / "absent.npz")).load()
+
+
+def test_diagnostics_module_precision(setup) -> None:
+    embeddings, split = setup
+    names = list(embeddings.index[1:])
+    # Two modules; members of a module share a direction, so they retrieve each other.
+    embeddings.loc[names[:30]] += 3.0 * np.eye(16, dtype=np.float32)[0]
+    embeddings.loc[names[30:]] += 3.0 * np.eye(16, dtype=np.float32)[1]
+    embeddings.attrs["embeddings_fingerprint"] = fingerprint_frame(embeddings)
+    index = build_retrieval_index(embeddings, split)
+    candidates = find_retrieval_candidates(index, embeddings, split, {"k": 5})
+    modules = pd.DataFrame({"symbol": names, "module": [0] * 30 + [1] * 30})
+    report, figure = retrieval_diagnostics(candidates, embeddings, index, modules)
+    precision = report["module_precision"]
+    assert precision["precision"] > 0.9 > precision["random_expectation"] > 0.3
+    assert precision["best_possible"] == 1.0
+    assert report["candidate_similarity"]["mean"] > report["train_pair_similarity"]["mean"]
+    assert figure.axes
+    report, _ = retrieval_diagnostics(candidates, embeddings, index, None)
+    assert report["module_precision"] is None
