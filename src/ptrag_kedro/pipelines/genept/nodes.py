@@ -196,7 +196,8 @@ def build_perturbation_embeddings(
     if not found:
         raise GeneEmbeddingError(
             f"{source}: covers none of the screen's {len(perturbations)} perturbations "
-            f"(e.g. {', '.join(perturbations[:3])}); wrong species, symbols or file?"
+            f"(e.g. {', '.join(perturbations[:3])}); wrong species, symbols or file? Choose the "
+            "file with --params=gene_embeddings_path=PATH"
         )
     missing_fraction = len(missing) / len(perturbations)
     if missing:
