@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
@@ -36,6 +37,16 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "simulation": {key: value for key, value in TINY_SIMULATION.items()},
         "ingestion": {"features": {"n_top_genes": 100}},
         "retrieval_index": {"k": 5},
+        "training": {
+            "max_steps": 2,
+            "batch_size": 4,
+            "cell_set_size": 8,
+            "k": 3,
+            "val_every_n_steps": 2,
+            "checkpoint_every_n_steps": 2,
+            "progress_bar": False,
+        },
+        **{variant: {"model": {"hidden_dim": 16, "n_heads": 2, "n_layers": 1}} for variant in ("state", "vanilla_rag", "ptrag")},
     }
     (tmp_path / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(overrides))
     monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
@@ -70,6 +81,28 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     diagnostics = json.loads((project / "data/08_reporting/retrieval_diagnostics.json").read_text())
     assert diagnostics["module_precision"]["precision"] > diagnostics["module_precision"]["random_expectation"]
     assert (project / "data/08_reporting/retrieval_diagnostics.png").stat().st_size > 10_000
+    for variant in ("state", "vanilla_rag", "ptrag"):
+        record = torch.load(project / f"data/06_models/{variant}/model.pt", weights_only=True)
+        assert record["steps"] == 2 and record["provenance"]["screen_fingerprint"] == manifest["screen_fingerprint"]
+        history = pd.read_parquet(project / f"data/08_reporting/{variant}/loss_history.parquet")
+        assert list(history["split"]) == ["train", "train", "val"]
+        assert (project / f"data/08_reporting/{variant}/loss.png").is_file()
+
+
+@pytest.mark.parametrize("variant", ["state", "vanilla_rag", "ptrag"])
+def test_registered_training_pipeline_runs(project: Path, variant: str) -> None:
+    _run(project, "demo")
+    _run(project, "analysis", {"heldout_cell_line": "rpe1"})
+    before = (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns
+    _run(project, f"train_{variant}")
+    assert (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns > before
+
+
+def test_training_on_a_fresh_clone_names_the_command_to_run_first(project: Path) -> None:
+    with pytest.raises(DatasetError) as error:
+        _run(project, "train_ptrag")
+    message = str(error.value).splitlines()[-1]
+    assert "screen.h5ad: no such h5ad file; create it first with `kedro run --pipeline=ingestion`" in message
     # Nothing half-written is left behind.
     assert not [path for path in (project / "data").rglob(".*") if path.name != ".gitkeep"]
 
@@ -164,6 +197,7 @@ def test_registry_names_every_pipeline() -> None:
 
     pipelines = register_pipelines()
     assert {"demo", "download", "ingestion", "genept", "retrieval_index", "analysis", "__default__"} <= set(pipelines)
+    assert {"train_state", "train_vanilla_rag", "train_ptrag"} <= set(pipelines)
     default_nodes = {node.name for node in pipelines["__default__"].nodes}
     assert "simulate_demo_screen" in default_nodes and "split_screen" in default_nodes
     assert "simulate_demo_screen" not in {node.name for node in pipelines["analysis"].nodes}

@@ -48,3 +48,8 @@ def check_write_allowed(filepath: Path, write_only_under: Path | None) -> None:
             f"{write_only_under} (the demo simulator never overwrites a user's file: run "
             "`kedro run --pipeline=analysis` to analyse it)"
         )
+
+
+def missing_hint(produced_by: str | None) -> str:
+    """The tail of a missing-file error: which command creates the file."""
+    return f"; create it first with `{produced_by}`" if produced_by else ""

@@ -9,7 +9,7 @@ from typing import Any
 import anndata as ad
 from kedro.io import AbstractDataset, DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path, check_write_allowed
+from ptrag_kedro.datasets._files import atomic_write_path, check_write_allowed, missing_hint
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
         save_args: passed to ``AnnData.write_h5ad`` (e.g. ``compression: gzip``).
         write_only_under: if set, saving anywhere outside this folder is refused. Raw inputs
             use it so the demo simulator can never overwrite a user's screen.
+        produced_by: the command that creates the file, named when it is missing.
         metadata: free-form metadata for plugins (kedro-viz), ignored here.
     """
 
@@ -42,12 +43,14 @@ class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
         load_args: dict[str, Any] | None = None,
         save_args: dict[str, Any] | None = None,
         write_only_under: str | None = None,
+        produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._filepath = Path(filepath)
         self._load_args = dict(load_args or {})
         self._save_args = dict(save_args or {})
         self._write_only_under = Path(write_only_under) if write_only_under else None
+        self._produced_by = produced_by
         self.metadata = metadata
 
     @property
@@ -56,7 +59,7 @@ class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
 
     def load(self) -> ad.AnnData:
         if not self._filepath.is_file():
-            raise DatasetError(f"{self._filepath}: no such h5ad file")
+            raise DatasetError(f"{self._filepath}: no such h5ad file{missing_hint(self._produced_by)}")
         try:
             adata = ad.read_h5ad(self._filepath, **self._load_args)
         except (OSError, KeyError, ValueError, TypeError) as exc:

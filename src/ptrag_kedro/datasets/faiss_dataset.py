@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path
+from ptrag_kedro.datasets._files import atomic_write_path, missing_hint
 from ptrag_kedro.retrieval import RetrievalIndex
 
 
@@ -22,13 +22,14 @@ class FaissIndexDataset(AbstractDataset[RetrievalIndex, RetrievalIndex]):
     or out of step with the index. Loading never unpickles.
     """
 
-    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, *, filepath: str, produced_by: str | None = None, metadata: dict[str, Any] | None = None) -> None:
         self._filepath = Path(filepath)
+        self._produced_by = produced_by
         self.metadata = metadata
 
     def load(self) -> RetrievalIndex:
         if not self._filepath.is_file():
-            raise DatasetError(f"{self._filepath}: no such faiss index file")
+            raise DatasetError(f"{self._filepath}: no such faiss index file{missing_hint(self._produced_by)}")
         try:
             with np.load(self._filepath, allow_pickle=False) as stored:
                 index = faiss.deserialize_index(stored["index"])

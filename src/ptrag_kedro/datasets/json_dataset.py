@@ -8,7 +8,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path
+from ptrag_kedro.datasets._files import atomic_write_path, missing_hint
 
 
 class JSONDataset(AbstractDataset[Any, Any]):
@@ -19,6 +19,7 @@ class JSONDataset(AbstractDataset[Any, Any]):
             and then ``load`` returns ``None`` (the run did not supply the file).
         optional: allow an empty ``filepath``.
         save_args: passed to ``json.dump`` (default ``indent=2``).
+        produced_by: the command that creates the file, named when it is missing.
         metadata: free-form metadata for plugins, ignored here.
     """
 
@@ -28,19 +29,21 @@ class JSONDataset(AbstractDataset[Any, Any]):
         filepath: str | None,
         optional: bool = False,
         save_args: dict[str, Any] | None = None,
+        produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if not filepath and not optional:
             raise DatasetError("JSONDataset: 'filepath' is empty and the dataset is not optional")
         self._filepath = Path(filepath) if filepath else None
         self._save_args = {"indent": 2, **(save_args or {})}
+        self._produced_by = produced_by
         self.metadata = metadata
 
     def load(self) -> Any:
         if self._filepath is None:
             return None
         if not self._filepath.is_file():
-            raise DatasetError(f"{self._filepath}: no such JSON file")
+            raise DatasetError(f"{self._filepath}: no such JSON file{missing_hint(self._produced_by)}")
         try:
             with self._filepath.open(encoding="utf-8") as handle:
                 return json.load(handle)
