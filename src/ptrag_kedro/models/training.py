@@ -19,17 +19,26 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
+from ptrag_kedro.provenance import StaleArtefactError
 
 logger = logging.getLogger(__name__)
+
+#: Checkpoint key holding the data fingerprints and model config of the run.
+PROVENANCE_KEY = "ptrag_provenance"
 
 
 class TrainingPlan(L.LightningModule):
     """Adam on the module's loss; logs the total, the energy and (PT-RAG) the kept fraction."""
 
-    def __init__(self, model: PerturbationModel, learning_rate: float) -> None:
+    def __init__(self, model: PerturbationModel, learning_rate: float, provenance: dict[str, str] | None = None) -> None:
         super().__init__()
         self.model = model
         self.learning_rate = learning_rate
+        self.provenance = dict(provenance or {})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # What the run was built from, so a resume never continues on other data.
+        checkpoint[PROVENANCE_KEY] = {**self.provenance, "model_config": self.model.config.to_dict()}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         output = self.model(batch)
@@ -104,11 +113,13 @@ def fit(
     val_sampler: SentenceSampler,
     training: dict[str, Any],
     checkpoint_dir: str | Path,
+    provenance: dict[str, str] | None = None,
 ) -> tuple[PerturbationModel, pd.DataFrame, int]:
     """Train with Lightning; returns the trained module, the loss history and the step count.
 
     With ``training.resume`` and a ``last.ckpt`` in ``checkpoint_dir``, training continues from
-    that checkpoint's step (model, optimiser and loss history restored).
+    that checkpoint's step (model, optimiser and loss history restored), provided the checkpoint
+    was made from the same data (``provenance``) and model configuration.
     """
     seed = int(training["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
@@ -137,9 +148,10 @@ def fit(
     )
     last = checkpoint_dir / "last.ckpt"
     resume_from = str(last) if training.get("resume") and last.is_file() else None
+    plan = TrainingPlan(model, float(training["learning_rate"]), provenance)
     if resume_from:
+        _check_resumable(last, {**plan.provenance, "model_config": model.config.to_dict()})
         logger.info("Resuming from %s", resume_from)
-    plan = TrainingPlan(model, float(training["learning_rate"]))
     trainer.fit(
         plan,
         train_dataloaders=DataLoader(SentenceStream(train_sampler, int(training["batch_size"]), seed), batch_size=None),
@@ -147,3 +159,14 @@ def fit(
         ckpt_path=resume_from,
     )
     return plan.model.cpu().eval(), history.frame(), int(trainer.global_step)
+
+
+def _check_resumable(checkpoint: Path, expected: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint of another screen, other embeddings or another model."""
+    recorded = torch.load(checkpoint, map_location="cpu", weights_only=True).get(PROVENANCE_KEY)
+    if recorded != expected:
+        differing = sorted(key for key in expected if (recorded or {}).get(key) != expected[key])
+        raise StaleArtefactError(
+            f"{checkpoint} was made from other inputs ({', '.join(differing)} differ); delete it "
+            "or set training.resume: false to start again"
+        )

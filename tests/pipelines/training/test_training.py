@@ -77,6 +77,9 @@ def test_resume_continues_the_step_count(prepared_inputs, tmp_path: Path) -> Non
     assert list(history.loc[history["split"] == "train", "step"]) == [1, 2, 3, 4, 5, 6]
     fresh, _, _ = _train(prepared_inputs, tmp_path / "other", max_steps=6, resume=True)  # nothing to resume
     assert fresh["steps"] == 6
+    # A checkpoint of another model (or other data) is never continued.
+    with pytest.raises(StaleArtefactError, match="model_config differ"):
+        _train(prepared_inputs, checkpoints, "vanilla", max_steps=8, resume=True)
 
 
 def test_stale_candidates_are_refused(prepared_inputs, tmp_path: Path) -> None:

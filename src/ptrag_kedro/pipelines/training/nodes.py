@@ -81,7 +81,13 @@ def train_model(
         config.n_genes,
         config.embedding_dim,
     )
-    trained, history, steps = fit(PerturbationModel(config), samplers[TRAIN], samplers[VAL], training, checkpoint_dir)
+    provenance = {
+        "screen_fingerprint": screen.uns[PROVENANCE_KEY]["fingerprint"],
+        "embeddings_fingerprint": perturbation_embeddings.attrs["embeddings_fingerprint"],
+    }
+    trained, history, steps = fit(
+        PerturbationModel(config), samplers[TRAIN], samplers[VAL], training, checkpoint_dir, provenance
+    )
     record = {
         "config": config.to_dict(),
         "state_dict": trained.state_dict(),
@@ -89,10 +95,7 @@ def train_model(
         "perturbations": [str(name) for name in perturbation_embeddings.index],
         "candidates_k": k,
         "steps": steps,
-        "provenance": {
-            "screen_fingerprint": screen.uns[PROVENANCE_KEY]["fingerprint"],
-            "embeddings_fingerprint": perturbation_embeddings.attrs["embeddings_fingerprint"],
-        },
+        "provenance": provenance,
     }
     return record, history, plot_loss_history(history, config.retrieval)
 
