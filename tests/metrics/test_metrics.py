@@ -1,0 +1,102 @@
+"""Every metric against an independent implementation and on cases with known answers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import energy_distance as scipy_energy_distance
+from scipy.stats import pearsonr, wasserstein_distance
+from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+from ptrag_kedro.metrics import METRICS, de_overlap, energy, evaluate, mae, mmd, mse, pearson_delta, w1, w2
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(37, 4))
+Y = RNG.normal(0.5, 1.5, size=(53, 4))
+
+
+def test_w1_equals_scipy_per_pc() -> None:
+    expected = np.mean([wasserstein_distance(X[:, pc], Y[:, pc]) for pc in range(4)])
+    assert w1(X, Y) == pytest.approx(expected, rel=1e-12)
+
+
+def _w2_by_replication(x: np.ndarray, y: np.ndarray) -> float:
+    """Independent 1-D W2: repeat both samples to a common size, then pair the sorted values."""
+    n, m = len(x), len(y)
+    size = math.lcm(n, m)
+    return float(np.sqrt(np.mean((np.repeat(np.sort(x), size // n) - np.repeat(np.sort(y), size // m)) ** 2)))
+
+
+def test_w2_equals_an_independent_implementation() -> None:
+    expected = np.mean([_w2_by_replication(X[:, pc], Y[:, pc]) for pc in range(4)])
+    assert w2(X, Y) == pytest.approx(expected, rel=1e-12)
+
+
+def test_shifted_gaussians_known_w1_w2() -> None:
+    base = np.random.default_rng(1).normal(size=(20_000, 2))
+    assert w1(base, base + 0.7) == pytest.approx(0.7, abs=1e-9)
+    assert w2(base, base + 0.7) == pytest.approx(0.7, abs=1e-9)
+    # N(0, 1) vs N(1, 2^2): W2^2 = 1^2 + (2 - 1)^2 = 2 per dimension
+    other = np.random.default_rng(2).normal(1.0, 2.0, size=(20_000, 2))
+    assert w2(base, other) == pytest.approx(math.sqrt(2), rel=0.02)
+
+
+@pytest.mark.parametrize("metric", [w1, w2, energy, mmd])
+def test_identical_sets_have_zero_distance(metric) -> None:
+    assert metric(X, X.copy()) == pytest.approx(0.0, abs=1e-12)
+    assert metric(X, Y) > 0
+
+
+def test_energy_matches_scipy_in_1d_and_brute_force_in_nd() -> None:
+    # scipy's energy_distance is the square root of 2E|X-Y| - E|X-X'| - E|Y-Y'|
+    assert energy(X[:, :1], Y[:, :1]) == pytest.approx(scipy_energy_distance(X[:, 0], Y[:, 0]) ** 2, rel=1e-10)
+
+    def mean_distance(a, b):
+        return np.mean([np.linalg.norm(p - q) for p, q in itertools.product(a, b)])
+
+    expected = 2 * mean_distance(X, Y) - mean_distance(X, X) - mean_distance(Y, Y)
+    assert energy(X, Y) == pytest.approx(expected, rel=1e-10)
+
+
+def test_mmd_matches_brute_force() -> None:
+    pooled = np.vstack([X, Y])
+    distances = [np.linalg.norm(p - q) for i, p in enumerate(pooled) for q in pooled[i + 1 :]]
+    sigma = np.median(distances)
+
+    def kernel_mean(a, b):
+        return np.mean([math.exp(-np.sum((p - q) ** 2) / (2 * sigma**2)) for p, q in itertools.product(a, b)])
+
+    expected = kernel_mean(X, X) + kernel_mean(Y, Y) - 2 * kernel_mean(X, Y)
+    assert mmd(X, Y) == pytest.approx(expected, rel=1e-10)
+
+
+def test_expression_metrics_match_scipy_and_sklearn() -> None:
+    rng = np.random.default_rng(3)
+    control, real, predicted = rng.random(200), rng.random(200), rng.random(200)
+    assert pearson_delta(real, predicted, control) == pytest.approx(pearsonr(real - control, predicted - control)[0], rel=1e-12)
+    assert mse(real, predicted) == pytest.approx(mean_squared_error(real, predicted), rel=1e-12)
+    assert mae(real, predicted) == pytest.approx(mean_absolute_error(real, predicted), rel=1e-12)
+    assert pearson_delta(real, control, control) == 0.0  # predicting no change: 0, not NaN
+
+
+def test_de_overlap_known_cases() -> None:
+    control = np.zeros(10)
+    real = np.array([5, 4, 3, 0, 0, 0, 0, 0, 0, 0], dtype=float)
+    assert de_overlap(real, real, control, n_top=3) == 1.0
+    assert de_overlap(real, np.array([0, 0, 0, 5, 4, 3, 0, 0, 0, 0], dtype=float), control, n_top=3) == 0.0
+    assert de_overlap(real, np.array([-5, 0, 0, 0, 0, 0, 0, 0, 0, 1], dtype=float), control, n_top=3) == pytest.approx(1 / 3)
+    assert de_overlap(real, control, control, n_top=3) == 0.0  # no predicted change, no DE genes
+    # N capped at the 10 genes; only the 3 genes the prediction changes can count
+    assert de_overlap(real, real, control, n_top=100) == pytest.approx(0.3)
+
+
+def test_evaluate_runs_every_registered_metric_and_validates() -> None:
+    genes = np.random.default_rng(4).random((30, 12))
+    values = evaluate(genes[:10], genes[10:20], genes[20:], X[:10], Y[:10])
+    assert set(values) == set(METRICS) and all(np.isfinite(list(values.values())))
+    assert METRICS["w1"].arrow == "↓" and METRICS["pearson_delta"].arrow == "↑"
+    with pytest.raises(ValueError, match="gene dimensions differ"):
+        evaluate(genes[:10], genes[10:20, :5], genes[20:], X, Y)
