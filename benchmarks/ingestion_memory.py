@@ -47,7 +47,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=1_000_000)
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--n-top-genes", type=int, default=1000)
-    parser.add_argument("--workdir", type=Path, default=PROJECT_ROOT / "data" / "02_intermediate" / "benchmark")
+    parser.add_argument(
+        "--workdir", type=Path, default=PROJECT_ROOT / "data" / "02_intermediate" / "benchmark"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the simulated screen for re-runs")
     args = parser.parse_args()
 

@@ -54,10 +54,14 @@ def main() -> None:
         "k": args.k,
         "faiss_threads": faiss.omp_get_max_threads(),
         "build_s": round(_best_of(args.repeats, lambda: build_index(vectors, names)), 4),
-        "query_all_s": round(_best_of(args.repeats, lambda: search(index, vectors, names, args.k)), 4),
+        "query_all_s": round(
+            _best_of(args.repeats, lambda: search(index, vectors, names, args.k)), 4
+        ),
         "numpy_brute_force_s": round(_best_of(args.repeats, brute_force), 4),
     }
-    record["query_per_perturbation_ms"] = round(1000 * record["query_all_s"] / args.perturbations, 4)
+    record["query_per_perturbation_ms"] = round(
+        1000 * record["query_all_s"] / args.perturbations, 4
+    )
     print(json.dumps(record, indent=2))
 
 

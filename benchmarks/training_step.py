@@ -24,9 +24,27 @@ from ptrag_kedro.models.module import PTRAGRetrieval
 
 CONFIGS = {
     # the demo defaults of conf/base/parameters_training.yml (500 HVGs in the demo screen)
-    "demo": {"batch": 16, "cells": 32, "genes": 500, "embedding": 1536, "k": 8, "hidden": 64, "layers": 2, "heads": 4},
+    "demo": {
+        "batch": 16,
+        "cells": 32,
+        "genes": 500,
+        "embedding": 1536,
+        "k": 8,
+        "hidden": 64,
+        "layers": 2,
+        "heads": 4,
+    },
     # the paper: B 64, S 64, hidden 128, 2,000 genes, 1,536-d GenePT, K 32, 8 layers
-    "paper": {"batch": 64, "cells": 64, "genes": 2000, "embedding": 1536, "k": 32, "hidden": 128, "layers": 8, "heads": 8},
+    "paper": {
+        "batch": 64,
+        "cells": 64,
+        "genes": 2000,
+        "embedding": 1536,
+        "k": 32,
+        "hidden": 128,
+        "layers": 8,
+        "heads": 8,
+    },
 }
 N_TRAIN_PERTURBATIONS = 2000
 
@@ -53,10 +71,16 @@ class NaivePTRAG(PTRAGRetrieval):
 
 def _batch(shape: dict[str, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
     table = torch.randn(N_TRAIN_PERTURBATIONS, shape["embedding"], generator=generator)
-    rows = torch.randint(0, N_TRAIN_PERTURBATIONS, (shape["batch"], shape["k"] + 1), generator=generator)
+    rows = torch.randint(
+        0, N_TRAIN_PERTURBATIONS, (shape["batch"], shape["k"] + 1), generator=generator
+    )
     return {
-        keys.CONTROL: torch.rand(shape["batch"], shape["cells"], shape["genes"], generator=generator),
-        keys.TARGET: torch.rand(shape["batch"], shape["cells"], shape["genes"], generator=generator),
+        keys.CONTROL: torch.rand(
+            shape["batch"], shape["cells"], shape["genes"], generator=generator
+        ),
+        keys.TARGET: torch.rand(
+            shape["batch"], shape["cells"], shape["genes"], generator=generator
+        ),
         keys.PERTURBATION: table[rows[:, 0]],
         keys.CANDIDATES: table[rows[:, 1:]],  # looked up per sentence, as in training
     }
@@ -64,7 +88,12 @@ def _batch(shape: dict[str, int], generator: torch.Generator) -> dict[str, torch
 
 def step_time(variant: str, shape: dict[str, int], steps: int, warmup: int) -> float:
     torch.manual_seed(0)
-    retrieval = {"state": "none", "vanilla_rag": "vanilla", "ptrag": "ptrag", "ptrag_naive": "ptrag"}[variant]
+    retrieval = {
+        "state": "none",
+        "vanilla_rag": "vanilla",
+        "ptrag": "ptrag",
+        "ptrag_naive": "ptrag",
+    }[variant]
     config = ModelConfig(
         n_genes=shape["genes"],
         embedding_dim=shape["embedding"],
@@ -101,7 +130,10 @@ def main() -> None:
     args = parser.parse_args()
     results = {"torch_threads": torch.get_num_threads()}
     for name in args.config:
-        timings = {variant: step_time(variant, CONFIGS[name], args.steps, args.warmup) for variant in ("state", "vanilla_rag", "ptrag", "ptrag_naive")}
+        timings = {
+            variant: step_time(variant, CONFIGS[name], args.steps, args.warmup)
+            for variant in ("state", "vanilla_rag", "ptrag", "ptrag_naive")
+        }
         results[name] = {
             **{f"{variant}_s": round(seconds, 4) for variant, seconds in timings.items()},
             "ptrag_over_state": round(timings["ptrag"] / timings["state"], 3),

@@ -76,21 +76,43 @@ def ingestion_params(_ingestion_params: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def prepared_inputs(tiny_config: SimulationConfig, _ingestion_params: dict[str, Any]) -> dict[str, Any]:
+def prepared_inputs(
+    tiny_config: SimulationConfig, _ingestion_params: dict[str, Any]
+) -> dict[str, Any]:
     """The tiny demo screen through ingestion, genept and retrieval_index (node functions)."""
     from ptrag_kedro.pipelines.genept.nodes import build_perturbation_embeddings
-    from ptrag_kedro.pipelines.ingestion.nodes import select_features, split_screen, standardise_screen
-    from ptrag_kedro.pipelines.retrieval_index.nodes import build_retrieval_index, find_retrieval_candidates
+    from ptrag_kedro.pipelines.ingestion.nodes import (
+        select_features,
+        split_screen,
+        standardise_screen,
+    )
+    from ptrag_kedro.pipelines.retrieval_index.nodes import (
+        build_retrieval_index,
+        find_retrieval_candidates,
+    )
     from ptrag_kedro.simulation import plan_screen, simulate_gene_embeddings
 
     params = copy.deepcopy(_ingestion_params)
     raw = simulate_screen(tiny_config)
     screen, manifest = split_screen(
-        select_features(standardise_screen(raw, params["columns"]), params["features"]), params["split"], None
+        select_features(standardise_screen(raw, params["columns"]), params["features"]),
+        params["split"],
+        None,
     )
     vectors = simulate_gene_embeddings(tiny_config, plan_screen(tiny_config).genes)
-    genept = {"source": "file", "missing": "error", "max_missing_fraction": 0.0, "text_model": "", "batch_size": 1}
+    genept = {
+        "source": "file",
+        "missing": "error",
+        "max_missing_fraction": 0.0,
+        "text_model": "",
+        "batch_size": 1,
+    }
     embeddings, _ = build_perturbation_embeddings(vectors, None, None, manifest, genept)
     index = build_retrieval_index(embeddings, manifest)
     candidates = find_retrieval_candidates(index, embeddings, manifest, {"k": 5})
-    return {"screen": screen, "split_manifest": manifest, "perturbation_embeddings": embeddings, "retrieval_candidates": candidates}
+    return {
+        "screen": screen,
+        "split_manifest": manifest,
+        "perturbation_embeddings": embeddings,
+        "retrieval_candidates": candidates,
+    }

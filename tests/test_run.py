@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the project's configuration in tmp_path, with a tiny demo screen in conf/local."""
-    shutil.copytree(PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    shutil.copytree(
+        PROJECT_ROOT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local")
+    )
     shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "src").mkdir()  # Kedro checks it exists; the package itself is installed
     (tmp_path / "conf" / "local").mkdir()
@@ -46,7 +48,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "checkpoint_every_n_steps": 2,
             "progress_bar": False,
         },
-        **{variant: {"model": {"hidden_dim": 16, "n_heads": 2, "n_layers": 1}} for variant in ("state", "vanilla_rag", "ptrag")},
+        **{
+            variant: {"model": {"hidden_dim": 16, "n_heads": 2, "n_layers": 1}}
+            for variant in ("state", "vanilla_rag", "ptrag")
+        },
     }
     (tmp_path / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(overrides))
     monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
@@ -54,7 +59,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _run(project: Path, pipeline: str | None = None, runtime_params: dict[str, Any] | None = None) -> None:
+def _run(
+    project: Path, pipeline: str | None = None, runtime_params: dict[str, Any] | None = None
+) -> None:
     with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
         session.run(pipeline_name=pipeline)
 
@@ -79,14 +86,78 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     candidates = pd.read_parquet(project / "data/05_model_input/retrieval_candidates.parquet")
     assert (candidates.groupby("perturbation").size() == 5).all()
     diagnostics = json.loads((project / "data/08_reporting/retrieval_diagnostics.json").read_text())
-    assert diagnostics["module_precision"]["precision"] > diagnostics["module_precision"]["random_expectation"]
+    assert (
+        diagnostics["module_precision"]["precision"]
+        > diagnostics["module_precision"]["random_expectation"]
+    )
     assert (project / "data/08_reporting/retrieval_diagnostics.png").stat().st_size > 10_000
     for variant in ("state", "vanilla_rag", "ptrag"):
         record = torch.load(project / f"data/06_models/{variant}/model.pt", weights_only=True)
-        assert record["steps"] == 2 and record["provenance"]["screen_fingerprint"] == manifest["screen_fingerprint"]
+        assert (
+            record["steps"] == {"0": 2}
+            and record["provenance"]["screen_fingerprint"] == manifest["screen_fingerprint"]
+        )
         history = pd.read_parquet(project / f"data/08_reporting/{variant}/loss_history.parquet")
         assert list(history["split"]) == ["train", "train", "val"]
         assert (project / f"data/08_reporting/{variant}/loss.png").is_file()
+    comparison = pd.read_csv(project / "data/08_reporting/comparison.csv")
+    assert set(comparison["method"]) == {
+        "state",
+        "vanilla_rag",
+        "ptrag",
+        "control_mean",
+        "perturbation_mean",
+        "linear",
+    }
+    assert len(comparison) == 6 * 8 and not comparison[["mean", "sd", "median"]].isna().any().any()
+    report = (project / "data/08_reporting/comparison.md").read_text()
+    assert "| ptrag |" in report and "w1 ↓" in report and "## Retrieval" in report
+    for plot in (
+        "comparison_metrics.png",
+        "w1_ptrag_vs_state.png",
+        "loss_curves.png",
+        "ptrag_gates.png",
+    ):
+        assert (project / "data/08_reporting" / plot).stat().st_size > 10_000, plot
+    assert json.loads((project / "data/08_reporting/comparison_metrics.json").read_text())["data"]
+    predictions = ad.read_h5ad(project / "data/07_model_output/ptrag/predictions.h5ad")
+    assert {"perturbation", "cell_line", "seed", "kind"} <= set(predictions.obs.columns)
+    assert (project / "data/07_model_output/baselines/predictions.h5ad").is_file()
+
+    # The notebook reads the catalog and draws its figure; kedro-viz builds every pipeline.
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(PROJECT_ROOT / "notebooks" / "comparison.ipynb", as_version=4)
+    (project / "notebooks").mkdir()
+    NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(project / "notebooks")}},
+    ).execute()
+    outputs = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    ]
+    assert any(
+        output.get("output_type") == "display_data" and "image/png" in output.get("data", {})
+        for output in outputs
+    )
+    assert any("correlation" in output.get("text", "") for output in outputs)
+    kedro = Path(sys.executable).with_name("kedro")
+    build = subprocess.run(
+        [str(kedro), "viz", "build"],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (project / "build" / "index.html").is_file()
 
 
 @pytest.mark.parametrize("variant", ["state", "vanilla_rag", "ptrag"])
@@ -102,7 +173,10 @@ def test_training_on_a_fresh_clone_names_the_command_to_run_first(project: Path)
     with pytest.raises(DatasetError) as error:
         _run(project, "train_ptrag")
     message = str(error.value).splitlines()[-1]
-    assert "screen.h5ad: no such h5ad file; create it first with `kedro run --pipeline=ingestion`" in message
+    assert (
+        "screen.h5ad: no such h5ad file; create it first with `kedro run --pipeline=ingestion`"
+        in message
+    )
     # Nothing half-written is left behind.
     assert not [path for path in (project / "data").rglob(".*") if path.name != ".gitkeep"]
 
@@ -153,10 +227,19 @@ def test_cli_genept_with_a_users_embedding_file(project: Path) -> None:
     _run(project, "demo")
     _run(project, "ingestion")
     manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
-    perturbations = sorted({p for line in manifest["cell_lines"].values() for kind in ("train", "val", "test") for p in line[kind]})
+    perturbations = sorted(
+        {
+            p
+            for line in manifest["cell_lines"].values()
+            for kind in ("train", "val", "test")
+            for p in line[kind]
+        }
+    )
     user_vectors = pd.DataFrame(
         np.random.default_rng(0).normal(size=(len(perturbations), 12)).astype(np.float32),
-        index=pd.Index([p.lower() for p in perturbations], name="symbol"),  # other case: still matched
+        index=pd.Index(
+            [p.lower() for p in perturbations], name="symbol"
+        ),  # other case: still matched
     )
     user_vectors.columns = [str(c) for c in user_vectors.columns]
     user_file = project / "my_vectors.parquet"
@@ -175,7 +258,9 @@ def test_cli_ingestion_of_a_real_screen(project: Path, shared_data: Path) -> Non
     """The exact command of the README, on real counts with a split file."""
     raw = shared_data / "papalexi2021_thp1_crispr_counts.h5ad"
     split_file = project / "thp1_split.json"
-    split_file.write_text(json.dumps({"val": ["STAT1", "IRF7"], "test": ["JAK2", "IFNGR1", "MYC", "NOT_A_GENE"]}))
+    split_file.write_text(
+        json.dumps({"val": ["STAT1", "IRF7"], "test": ["JAK2", "IFNGR1", "MYC", "NOT_A_GENE"]})
+    )
     before = _digest(raw)
     _kedro_cli(
         project,
@@ -196,8 +281,16 @@ def test_registry_names_every_pipeline() -> None:
     from ptrag_kedro.pipeline_registry import register_pipelines
 
     pipelines = register_pipelines()
-    assert {"demo", "download", "ingestion", "genept", "retrieval_index", "analysis", "__default__"} <= set(pipelines)
-    assert {"train_state", "train_vanilla_rag", "train_ptrag"} <= set(pipelines)
+    assert {
+        "demo",
+        "download",
+        "ingestion",
+        "genept",
+        "retrieval_index",
+        "analysis",
+        "__default__",
+    } <= set(pipelines)
+    assert {"train_state", "train_vanilla_rag", "train_ptrag", "reporting"} <= set(pipelines)
     default_nodes = {node.name for node in pipelines["__default__"].nodes}
     assert "simulate_demo_screen" in default_nodes and "split_screen" in default_nodes
     assert "simulate_demo_screen" not in {node.name for node in pipelines["analysis"].nodes}

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from ptrag_kedro.pipelines import demo, download, genept, ingestion, retrieval_index, training
+from ptrag_kedro.pipelines import (
+    demo,
+    download,
+    genept,
+    ingestion,
+    reporting,
+    retrieval_index,
+    training,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -21,13 +29,18 @@ def register_pipelines() -> dict[str, Pipeline]:
         "ingestion": ingestion.create_pipeline(),
         "genept": genept.create_pipeline(),
         "retrieval_index": retrieval_index.create_pipeline(),
+        "reporting": reporting.create_pipeline(),
     }
     for variant in training.VARIANTS:
         pipelines[f"train_{variant}"] = training.variant_pipeline(variant)
     pipelines["training"] = training.create_pipeline()
     # Everything that reads the raw screen, in run order: works on any screen.
     pipelines["analysis"] = (
-        pipelines["ingestion"] + pipelines["genept"] + pipelines["retrieval_index"] + pipelines["training"]
+        pipelines["ingestion"]
+        + pipelines["genept"]
+        + pipelines["retrieval_index"]
+        + pipelines["training"]
+        + pipelines["reporting"]
     )
     # A bare `kedro run` simulates the demo screen first, so it works on a fresh clone.
     pipelines["__default__"] = pipelines["demo"] + pipelines["analysis"]

@@ -21,7 +21,9 @@ def fingerprint_frame(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def require_same(artefact: str, field: str, recorded: str | None, expected: str, rebuild: str) -> None:
+def require_same(
+    artefact: str, field: str, recorded: str | None, expected: str, rebuild: str
+) -> None:
     """Refuse an artefact whose recorded fingerprint is not the current one (one line)."""
     if recorded != expected:
         raise StaleArtefactError(

@@ -39,7 +39,9 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def build_index(vectors: np.ndarray, names: list[str], provenance: dict[str, str] | None = None) -> RetrievalIndex:
+def build_index(
+    vectors: np.ndarray, names: list[str], provenance: dict[str, str] | None = None
+) -> RetrievalIndex:
     """Exact inner-product index over the L2-normalised ``vectors``."""
     normalised = l2_normalise(vectors)
     index = faiss.IndexFlatIP(normalised.shape[1])
@@ -47,7 +49,9 @@ def build_index(vectors: np.ndarray, names: list[str], provenance: dict[str, str
     return RetrievalIndex(index=index, names=list(names), provenance=dict(provenance or {}))
 
 
-def search(retrieval_index: RetrievalIndex, query_vectors: np.ndarray, query_names: list[str], k: int) -> pd.DataFrame:
+def search(
+    retrieval_index: RetrievalIndex, query_vectors: np.ndarray, query_names: list[str], k: int
+) -> pd.DataFrame:
     """Top-``k`` index entries per query by cosine similarity, the query itself excluded.
 
     Returns long format: one row per (perturbation, rank) with the candidate and its similarity;
@@ -55,7 +59,9 @@ def search(retrieval_index: RetrievalIndex, query_vectors: np.ndarray, query_nam
     """
     n_index = retrieval_index.index.ntotal
     fetch = min(n_index, k + 1 + _SEARCH_MARGIN)
-    similarities, rows = retrieval_index.index.search(l2_normalise(query_vectors), fetch)  # [Q, fetch]
+    similarities, rows = retrieval_index.index.search(
+        l2_normalise(query_vectors), fetch
+    )  # [Q, fetch]
     names = np.asarray(retrieval_index.names, dtype=object)
     name_rank = np.argsort(np.argsort(names.astype(str)))  # row -> position in name order
     candidates = names[rows]

@@ -43,7 +43,9 @@ def test_anndata_missing_file_raises(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content", ["truncated", "not_hdf5"])
-def test_anndata_unreadable_file_one_line(tmp_path: Path, tiny_screen: ad.AnnData, content: str) -> None:
+def test_anndata_unreadable_file_one_line(
+    tmp_path: Path, tiny_screen: ad.AnnData, content: str
+) -> None:
     path = tmp_path / "bad.h5ad"
     if content == "truncated":
         tiny_screen.write_h5ad(path)
@@ -65,13 +67,15 @@ def test_anndata_failed_save_keeps_previous_file(tmp_path: Path, tiny_screen: ad
     before = path.read_bytes()
     broken = tiny_screen.copy()
     broken.uns["unwritable"] = object()  # h5ad cannot store an arbitrary object
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (anndata's error type for unwritable uns is internal)
         dataset.save(broken)
     assert path.read_bytes() == before
     assert _leftovers(tmp_path) == []
 
 
-def test_anndata_write_only_under_refuses_user_file(tmp_path: Path, tiny_screen: ad.AnnData) -> None:
+def test_anndata_write_only_under_refuses_user_file(
+    tmp_path: Path, tiny_screen: ad.AnnData
+) -> None:
     user_file = tmp_path / "user" / "screen.h5ad"
     user_file.parent.mkdir()
     user_file.write_bytes(b"the user's data")
@@ -135,7 +139,9 @@ def test_gene_embedding_malicious_pickle_refused(tmp_path: Path) -> None:
 
 
 def test_gene_embedding_real_genept_csv(shared_data: Path) -> None:
-    table = GeneEmbeddingDataset(filepath=str(shared_data / "genept_ada002_adamson87.csv.gz")).load()
+    table = GeneEmbeddingDataset(
+        filepath=str(shared_data / "genept_ada002_adamson87.csv.gz")
+    ).load()
     assert table.shape == (87, 1536)
     assert "ctrl" in table.index
     assert np.allclose(table.loc["ctrl"].to_numpy(), 0.0)
@@ -151,7 +157,9 @@ def test_gene_embedding_unknown_format(tmp_path: Path) -> None:
 
 def test_gene_embedding_write_only_under(tmp_path: Path) -> None:
     table = pd.DataFrame(np.ones((2, 3), dtype=np.float32), index=["A", "B"])
-    dataset = GeneEmbeddingDataset(filepath=str(tmp_path / "user.pickle"), write_only_under=str(tmp_path / "demo"))
+    dataset = GeneEmbeddingDataset(
+        filepath=str(tmp_path / "user.pickle"), write_only_under=str(tmp_path / "demo")
+    )
     with pytest.raises(DatasetError, match="refusing to write"):
         dataset.save(table)
     assert not os.path.exists(tmp_path / "user.pickle")

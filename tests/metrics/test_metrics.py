@@ -11,7 +11,18 @@ from scipy.stats import energy_distance as scipy_energy_distance
 from scipy.stats import pearsonr, wasserstein_distance
 from sklearn.metrics import mean_absolute_error, mean_squared_error
 
-from ptrag_kedro.metrics import METRICS, de_overlap, energy, evaluate, mae, mmd, mse, pearson_delta, w1, w2
+from ptrag_kedro.metrics import (
+    METRICS,
+    de_overlap,
+    energy,
+    evaluate,
+    mae,
+    mmd,
+    mse,
+    pearson_delta,
+    w1,
+    w2,
+)
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(37, 4))
@@ -27,7 +38,9 @@ def _w2_by_replication(x: np.ndarray, y: np.ndarray) -> float:
     """Independent 1-D W2: repeat both samples to a common size, then pair the sorted values."""
     n, m = len(x), len(y)
     size = math.lcm(n, m)
-    return float(np.sqrt(np.mean((np.repeat(np.sort(x), size // n) - np.repeat(np.sort(y), size // m)) ** 2)))
+    return float(
+        np.sqrt(np.mean((np.repeat(np.sort(x), size // n) - np.repeat(np.sort(y), size // m)) ** 2))
+    )
 
 
 def test_w2_equals_an_independent_implementation() -> None:
@@ -52,7 +65,9 @@ def test_identical_sets_have_zero_distance(metric) -> None:
 
 def test_energy_matches_scipy_in_1d_and_brute_force_in_nd() -> None:
     # scipy's energy_distance is the square root of 2E|X-Y| - E|X-X'| - E|Y-Y'|
-    assert energy(X[:, :1], Y[:, :1]) == pytest.approx(scipy_energy_distance(X[:, 0], Y[:, 0]) ** 2, rel=1e-10)
+    assert energy(X[:, :1], Y[:, :1]) == pytest.approx(
+        scipy_energy_distance(X[:, 0], Y[:, 0]) ** 2, rel=1e-10
+    )
 
     def mean_distance(a, b):
         return np.mean([np.linalg.norm(p - q) for p, q in itertools.product(a, b)])
@@ -67,7 +82,9 @@ def test_mmd_matches_brute_force() -> None:
     sigma = np.median(distances)
 
     def kernel_mean(a, b):
-        return np.mean([math.exp(-np.sum((p - q) ** 2) / (2 * sigma**2)) for p, q in itertools.product(a, b)])
+        return np.mean(
+            [math.exp(-np.sum((p - q) ** 2) / (2 * sigma**2)) for p, q in itertools.product(a, b)]
+        )
 
     expected = kernel_mean(X, X) + kernel_mean(Y, Y) - 2 * kernel_mean(X, Y)
     assert mmd(X, Y) == pytest.approx(expected, rel=1e-10)
@@ -76,7 +93,9 @@ def test_mmd_matches_brute_force() -> None:
 def test_expression_metrics_match_scipy_and_sklearn() -> None:
     rng = np.random.default_rng(3)
     control, real, predicted = rng.random(200), rng.random(200), rng.random(200)
-    assert pearson_delta(real, predicted, control) == pytest.approx(pearsonr(real - control, predicted - control)[0], rel=1e-12)
+    assert pearson_delta(real, predicted, control) == pytest.approx(
+        pearsonr(real - control, predicted - control)[0], rel=1e-12
+    )
     assert mse(real, predicted) == pytest.approx(mean_squared_error(real, predicted), rel=1e-12)
     assert mae(real, predicted) == pytest.approx(mean_absolute_error(real, predicted), rel=1e-12)
     assert pearson_delta(real, control, control) == 0.0  # predicting no change: 0, not NaN
@@ -86,11 +105,17 @@ def test_de_overlap_known_cases() -> None:
     control = np.zeros(10)
     real = np.array([5, 4, 3, 0, 0, 0, 0, 0, 0, 0], dtype=float)
     assert de_overlap(real, real, control, n_top=3) == 1.0
-    assert de_overlap(real, np.array([0, 0, 0, 5, 4, 3, 0, 0, 0, 0], dtype=float), control, n_top=3) == 0.0
-    assert de_overlap(real, np.array([-5, 0, 0, 0, 0, 0, 0, 0, 0, 1], dtype=float), control, n_top=3) == pytest.approx(1 / 3)
+    assert (
+        de_overlap(real, np.array([0, 0, 0, 5, 4, 3, 0, 0, 0, 0], dtype=float), control, n_top=3)
+        == 0.0
+    )
+    assert de_overlap(
+        real, np.array([-5, 0, 0, 0, 0, 0, 0, 0, 0, 1], dtype=float), control, n_top=3
+    ) == pytest.approx(1 / 3)
     assert de_overlap(real, control, control, n_top=3) == 0.0  # no predicted change, no DE genes
-    # N capped at the 10 genes; only the 3 genes the prediction changes can count
-    assert de_overlap(real, real, control, n_top=100) == pytest.approx(0.3)
+    # N capped at the 3 genes the real perturbation moves
+    assert de_overlap(real, real, control, n_top=100) == 1.0
+    assert np.isnan(de_overlap(control, real, control, n_top=3))  # nothing moved: undefined
 
 
 def test_evaluate_runs_every_registered_metric_and_validates() -> None:

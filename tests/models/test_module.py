@@ -30,7 +30,15 @@ def _batch(seed: int = 0, n_batches: int = 0) -> dict[str, torch.Tensor]:
 
 def _model(retrieval: str, **overrides) -> PerturbationModel:
     torch.manual_seed(0)
-    config = ModelConfig(n_genes=G, embedding_dim=E, hidden_dim=16, n_layers=2, n_heads=2, retrieval=retrieval, **overrides)
+    config = ModelConfig(
+        n_genes=G,
+        embedding_dim=E,
+        hidden_dim=16,
+        n_layers=2,
+        n_heads=2,
+        retrieval=retrieval,
+        **overrides,
+    )
     return PerturbationModel(config)
 
 
@@ -68,7 +76,9 @@ def test_ptrag_scores_equal_the_naive_concatenation() -> None:
     torch.testing.assert_close(block._scores(cells, query, candidates), naive, rtol=1e-4, atol=1e-5)
     block.eval()
     fused, gates = block(cells, query, candidates)
-    naive_input = cells + query[:, None, :] + (gates[..., None] * block.project(concatenation)).sum(2)
+    naive_input = (
+        cells + query[:, None, :] + (gates[..., None] * block.project(concatenation)).sum(2)
+    )
     torch.testing.assert_close(fused, naive_input, rtol=1e-4, atol=1e-5)
 
 
@@ -105,10 +115,15 @@ def _brute_force_energy(x: np.ndarray, y: np.ndarray) -> float:
 
 def test_energy_distance_matches_brute_force() -> None:
     generator = torch.Generator().manual_seed(3)
-    x, y = torch.randn(4, 7, 5, generator=generator, dtype=torch.float64), torch.randn(4, 9, 5, generator=generator, dtype=torch.float64) + 0.5
+    x, y = (
+        torch.randn(4, 7, 5, generator=generator, dtype=torch.float64),
+        torch.randn(4, 9, 5, generator=generator, dtype=torch.float64) + 0.5,
+    )
     batched = energy_distance(x, y)
     for index in range(4):
-        assert batched[index].item() == pytest.approx(_brute_force_energy(x[index].numpy(), y[index].numpy()), rel=1e-9)
+        assert batched[index].item() == pytest.approx(
+            _brute_force_energy(x[index].numpy(), y[index].numpy()), rel=1e-9
+        )
     assert torch.allclose(energy_distance(x, x), torch.zeros(4, dtype=torch.float64), atol=1e-12)
     shifted = energy_distance(x, x + 3.0)
     assert (shifted > batched.abs().max()).all()

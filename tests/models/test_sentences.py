@@ -13,7 +13,9 @@ from ptrag_kedro.models import _constants as keys
 from ptrag_kedro.models.sentences import SentenceSampler
 
 
-def _sampler(inputs: dict[str, Any], split: str = "train", same_batch: bool = False, k: int = 5) -> SentenceSampler:
+def _sampler(
+    inputs: dict[str, Any], split: str = "train", same_batch: bool = False, k: int = 5
+) -> SentenceSampler:
     return SentenceSampler(
         inputs["screen"],
         inputs["perturbation_embeddings"],
@@ -31,8 +33,15 @@ def test_batches_have_the_right_shapes(prepared_inputs) -> None:
     batch = sampler.random_batch(4, np.random.default_rng(0))
     n_genes = prepared_inputs["screen"].n_vars
     assert batch[keys.CONTROL].shape == batch[keys.TARGET].shape == (4, 7, n_genes)
-    assert batch[keys.PERTURBATION].shape == (4, prepared_inputs["perturbation_embeddings"].shape[1])
-    assert batch[keys.CANDIDATES].shape == (4, 5, prepared_inputs["perturbation_embeddings"].shape[1])
+    assert batch[keys.PERTURBATION].shape == (
+        4,
+        prepared_inputs["perturbation_embeddings"].shape[1],
+    )
+    assert batch[keys.CANDIDATES].shape == (
+        4,
+        5,
+        prepared_inputs["perturbation_embeddings"].shape[1],
+    )
     assert batch[keys.BATCH_INDEX].shape == (4, 7)
 
 
@@ -62,14 +71,18 @@ def test_sentence_cells_controls_and_candidates(prepared_inputs) -> None:
 
 def test_val_sentences_and_no_retrieval(prepared_inputs) -> None:
     sampler = _sampler(prepared_inputs, split="val", k=0)
-    assert sampler.groups and keys.CANDIDATES not in sampler.random_batch(2, np.random.default_rng(0))
+    assert sampler.groups and keys.CANDIDATES not in sampler.random_batch(
+        2, np.random.default_rng(0)
+    )
     val = set(prepared_inputs["split_manifest"]["cell_lines"]["hepg2"]["val"])
     assert {group.perturbation for group in sampler.groups} == val
 
 
 def test_a_candidate_table_listing_the_query_is_refused(prepared_inputs) -> None:
     candidates = prepared_inputs["retrieval_candidates"].copy()
-    candidates.loc[candidates.index[0], "candidate"] = candidates.loc[candidates.index[0], "perturbation"]
+    candidates.loc[candidates.index[0], "candidate"] = candidates.loc[
+        candidates.index[0], "perturbation"
+    ]
     with pytest.raises(ValueError, match="its own candidate"):
         _sampler({**prepared_inputs, "retrieval_candidates": candidates})
     too_few = prepared_inputs["retrieval_candidates"].query("rank < 2")

@@ -61,7 +61,10 @@ def responses(tiny_config: SimulationConfig) -> tuple[dict, dict, pd.DataFrame]:
             )
     # Compare well-expressed genes only: at 0.2 counts per cell the rest is mostly sampling noise.
     genes = plan.genes.assign(
-        expressed=np.asarray(screen.X[(obs["gene"] == CONTROL_LABEL).to_numpy()].mean(axis=0)).ravel() >= 1.0
+        expressed=np.asarray(
+            screen.X[(obs["gene"] == CONTROL_LABEL).to_numpy()].mean(axis=0)
+        ).ravel()
+        >= 1.0
     )
     return shifts, halves, genes
 
@@ -71,7 +74,9 @@ def _drop(vectors: tuple[np.ndarray, ...], genes: pd.DataFrame, *targets: str) -
     return [vector[keep] for vector in vectors]
 
 
-def _correlation(first: np.ndarray, second: np.ndarray, genes: pd.DataFrame, *targets: str) -> float:
+def _correlation(
+    first: np.ndarray, second: np.ndarray, genes: pd.DataFrame, *targets: str
+) -> float:
     """Pearson r of two shift vectors, leaving out the knocked-down genes themselves."""
     return float(np.corrcoef(*_drop((first, second), genes, *targets))[0, 1])
 
@@ -87,9 +92,11 @@ def test_layout_matches_replogle_nadig(tiny_config: SimulationConfig) -> None:
     # gem groups are per line and there are several per line
     per_line = screen.obs.groupby("cell_line", observed=True)["gem_group"].nunique()
     assert (per_line == tiny_config.batches_per_line).all()
-    for line, fraction in screen.obs.groupby("cell_line", observed=True)["gene"].apply(
-        lambda genes: (genes == CONTROL_LABEL).mean()
-    ).items():
+    for line, fraction in (
+        screen.obs.groupby("cell_line", observed=True)["gene"]
+        .apply(lambda genes: (genes == CONTROL_LABEL).mean())
+        .items()
+    ):
         assert 0.05 <= fraction <= 0.10, line
 
 
@@ -132,7 +139,11 @@ def test_module_members_respond_alike(responses) -> None:
 
 def test_cell_lines_differ(responses) -> None:
     shifts, halves, genes = responses
-    strong = {key for key in shifts if genes.loc[key[1], "effect_strength"] > 0.5 and genes.loc[key[1], "module"] >= 0}
+    strong = {
+        key
+        for key in shifts
+        if genes.loc[key[1], "effect_strength"] > 0.5 and genes.loc[key[1], "module"] >= 0
+    }
     across, within = [], []
     for line, perturbation in strong:
         first, second = halves[(line, perturbation)]
@@ -167,7 +178,9 @@ def test_same_seed_same_file(tmp_path: Path, tiny_config: SimulationConfig) -> N
     assert first.shape != second.shape or (first.X != second.X).nnz > 0
 
 
-def test_streamed_file_equals_in_memory_screen(tmp_path: Path, tiny_config: SimulationConfig) -> None:
+def test_streamed_file_equals_in_memory_screen(
+    tmp_path: Path, tiny_config: SimulationConfig
+) -> None:
     small_blocks = SimulationConfig.from_params({**tiny_config.to_dict(), "block_cells": 97})
     path = write_screen_h5ad(small_blocks, tmp_path / "streamed.h5ad")
     streamed = ad.read_h5ad(path)

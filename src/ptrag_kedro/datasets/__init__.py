@@ -1,10 +1,19 @@
 """Custom Kedro datasets: h5ad, JSON, parquet (atomic), gene-embedding files and faiss indexes, torch models."""
 
 from ptrag_kedro.datasets.anndata_dataset import AnnDataDataset
+from ptrag_kedro.datasets.csv_dataset import CSVDataset
 from ptrag_kedro.datasets.faiss_dataset import FaissIndexDataset
 from ptrag_kedro.datasets.gene_embedding_dataset import GeneEmbeddingDataset
 from ptrag_kedro.datasets.json_dataset import JSONDataset
 from ptrag_kedro.datasets.parquet_dataset import ParquetDataset
 from ptrag_kedro.datasets.torch_model_dataset import TorchModelDataset
 
-__all__ = ["AnnDataDataset", "FaissIndexDataset", "GeneEmbeddingDataset", "JSONDataset", "ParquetDataset", "TorchModelDataset"]
+__all__ = [
+    "AnnDataDataset",
+    "CSVDataset",
+    "FaissIndexDataset",
+    "GeneEmbeddingDataset",
+    "JSONDataset",
+    "ParquetDataset",
+    "TorchModelDataset",
+]

@@ -59,7 +59,9 @@ class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
 
     def load(self) -> ad.AnnData:
         if not self._filepath.is_file():
-            raise DatasetError(f"{self._filepath}: no such h5ad file{missing_hint(self._produced_by)}")
+            raise DatasetError(
+                f"{self._filepath}: no such h5ad file{missing_hint(self._produced_by)}"
+            )
         try:
             adata = ad.read_h5ad(self._filepath, **self._load_args)
         except (OSError, KeyError, ValueError, TypeError) as exc:

@@ -22,14 +22,22 @@ class FaissIndexDataset(AbstractDataset[RetrievalIndex, RetrievalIndex]):
     or out of step with the index. Loading never unpickles.
     """
 
-    def __init__(self, *, filepath: str, produced_by: str | None = None, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        produced_by: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         self._filepath = Path(filepath)
         self._produced_by = produced_by
         self.metadata = metadata
 
     def load(self) -> RetrievalIndex:
         if not self._filepath.is_file():
-            raise DatasetError(f"{self._filepath}: no such faiss index file{missing_hint(self._produced_by)}")
+            raise DatasetError(
+                f"{self._filepath}: no such faiss index file{missing_hint(self._produced_by)}"
+            )
         try:
             with np.load(self._filepath, allow_pickle=False) as stored:
                 index = faiss.deserialize_index(stored["index"])

@@ -111,7 +111,9 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             frame = frame.astype(np.float32)
         except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
             reason = " ".join(str(exc).split())[:200]
-            raise DatasetError(f"{self._filepath}: unreadable gene-embedding file: {reason}") from exc
+            raise DatasetError(
+                f"{self._filepath}: unreadable gene-embedding file: {reason}"
+            ) from exc
         frame.index = frame.index.astype(str)
         frame.index.name = "symbol"
         frame.columns = range(frame.shape[1])
@@ -122,7 +124,9 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         check_write_allowed(self._filepath, self._write_only_under)
         with atomic_write_path(self._filepath) as tmp_path:
             if self._suffix in _PICKLE_SUFFIXES:
-                mapping = {str(symbol): row.tolist() for symbol, row in zip(data.index, data.values)}
+                mapping = {
+                    str(symbol): row.tolist() for symbol, row in zip(data.index, data.values, strict=False)
+                }
                 with tmp_path.open("wb") as handle:
                     pickle.dump(mapping, handle, protocol=pickle.HIGHEST_PROTOCOL)
             elif self._suffix in _CSV_SUFFIXES:

@@ -43,7 +43,9 @@ class JSONDataset(AbstractDataset[Any, Any]):
         if self._filepath is None:
             return None
         if not self._filepath.is_file():
-            raise DatasetError(f"{self._filepath}: no such JSON file{missing_hint(self._produced_by)}")
+            raise DatasetError(
+                f"{self._filepath}: no such JSON file{missing_hint(self._produced_by)}"
+            )
         try:
             with self._filepath.open(encoding="utf-8") as handle:
                 return json.load(handle)

@@ -38,7 +38,9 @@ class ParquetDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         if not self._filepath.is_file():
             if self._optional:
                 return pd.DataFrame()
-            raise DatasetError(f"{self._filepath}: no such parquet file{missing_hint(self._produced_by)}")
+            raise DatasetError(
+                f"{self._filepath}: no such parquet file{missing_hint(self._produced_by)}"
+            )
         try:
             return pd.read_parquet(self._filepath)
         except (OSError, ValueError) as exc:

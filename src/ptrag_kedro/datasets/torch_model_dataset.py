@@ -25,7 +25,9 @@ class TorchModelDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
 
     def load(self) -> dict[str, Any]:
         if not self._filepath.is_file():
-            raise DatasetError(f"{self._filepath}: no such model file; train it with `kedro run --pipeline=train_<variant>`")
+            raise DatasetError(
+                f"{self._filepath}: no such model file; train it with `kedro run --pipeline=train_<variant>`"
+            )
         try:
             return torch.load(self._filepath, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError) as exc:

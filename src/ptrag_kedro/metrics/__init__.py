@@ -4,4 +4,16 @@ from ptrag_kedro.metrics.distributions import energy, mmd, w1, w2
 from ptrag_kedro.metrics.expression import de_overlap, mae, mse, pearson_delta
 from ptrag_kedro.metrics.registry import METRICS, MetricSpec, evaluate
 
-__all__ = ["METRICS", "MetricSpec", "de_overlap", "energy", "evaluate", "mae", "mmd", "mse", "pearson_delta", "w1", "w2"]
+__all__ = [
+    "METRICS",
+    "MetricSpec",
+    "de_overlap",
+    "energy",
+    "evaluate",
+    "mae",
+    "mmd",
+    "mse",
+    "pearson_delta",
+    "w1",
+    "w2",
+]

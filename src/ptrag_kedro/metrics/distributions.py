@@ -6,7 +6,9 @@ import numpy as np
 from scipy.spatial.distance import cdist, pdist
 
 
-def _quantile_coupling(real: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _quantile_coupling(
+    real: np.ndarray, predicted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Monotone coupling of two 1-D samples per column: weights and the paired quantiles.
 
     The optimal 1-D transport pairs the quantile functions; both are step functions, so on the
@@ -36,7 +38,11 @@ def w2(real: np.ndarray, predicted: np.ndarray) -> float:
 
 def energy(real: np.ndarray, predicted: np.ndarray) -> float:
     """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` (V-statistic, as the training loss)."""
-    return float(2 * cdist(real, predicted).mean() - cdist(real, real).mean() - cdist(predicted, predicted).mean())
+    return float(
+        2 * cdist(real, predicted).mean()
+        - cdist(real, real).mean()
+        - cdist(predicted, predicted).mean()
+    )
 
 
 def mmd(real: np.ndarray, predicted: np.ndarray) -> float:
@@ -54,4 +60,8 @@ def mmd(real: np.ndarray, predicted: np.ndarray) -> float:
     def mean_kernel(first: np.ndarray, second: np.ndarray) -> float:
         return float(np.exp(-cdist(first, second, "sqeuclidean") / scale).mean())
 
-    return mean_kernel(real, real) + mean_kernel(predicted, predicted) - 2.0 * mean_kernel(real, predicted)
+    return (
+        mean_kernel(real, real)
+        + mean_kernel(predicted, predicted)
+        - 2.0 * mean_kernel(real, predicted)
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def pearson_delta(real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray) -> float:
+def pearson_delta(
+    real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray
+) -> float:
     """Pearson r between the predicted and the real mean shift from control, over genes.
 
     A prediction of no change (a constant shift) has no correlation to speak of: 0, not NaN.
@@ -26,16 +28,23 @@ def mae(real_mean: np.ndarray, predicted_mean: np.ndarray) -> float:
     return float(np.mean(np.abs(real_mean - predicted_mean)))
 
 
-def de_overlap(real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray, n_top: int = 100) -> float:
+def de_overlap(
+    real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray, n_top: int = 100
+) -> float:
     """Overlap of the top-N genes by absolute mean shift from control (real vs predicted), in [0, 1].
 
-    Genes the prediction leaves unchanged are never among its top genes (so predicting no change
-    scores 0). N is capped at the number of genes.
+    Only genes that actually move count as "top" genes, on either side, and N is capped at the
+    number of genes the real perturbation moves: a perfect prediction scores 1, predicting no
+    change scores 0.
     """
-    n_top = min(n_top, len(real_mean))
     real_shift = np.abs(real_mean - control_mean)
     predicted_shift = np.abs(predicted_mean - control_mean)
-    real_top = set(np.argsort(-real_shift, kind="stable")[:n_top])
-    changed = np.flatnonzero(predicted_shift > 0)
-    predicted_top = set(changed[np.argsort(-predicted_shift[changed], kind="stable")[:n_top]])
-    return len(real_top & predicted_top) / n_top
+
+    def top(shift: np.ndarray) -> set[int]:
+        moved = np.flatnonzero(shift > 0)
+        return set(moved[np.argsort(-shift[moved], kind="stable")[:n_top]])
+
+    real_top = top(real_shift)
+    if not real_top:
+        return float("nan")  # nothing moved: the overlap is undefined
+    return len(real_top & top(predicted_shift)) / len(real_top)

@@ -28,12 +28,26 @@ METRICS: dict[str, MetricSpec] = {
     for spec in (
         MetricSpec("w1", "mean over 50 PCs of the 1-D Wasserstein-1 distance", False, "pca"),
         MetricSpec("w2", "mean over 50 PCs of the 1-D Wasserstein-2 distance", False, "pca"),
-        MetricSpec("energy", "energy distance (2E|X-Y| - E|X-X'| - E|Y-Y'|) in PCA space", False, "pca"),
-        MetricSpec("mmd", "squared MMD, RBF kernel, median-heuristic bandwidth, in PCA space", False, "pca"),
-        MetricSpec("pearson_delta", "Pearson r of predicted vs real mean shift from control, genes", True, "genes"),
+        MetricSpec(
+            "energy", "energy distance (2E|X-Y| - E|X-X'| - E|Y-Y'|) in PCA space", False, "pca"
+        ),
+        MetricSpec(
+            "mmd", "squared MMD, RBF kernel, median-heuristic bandwidth, in PCA space", False, "pca"
+        ),
+        MetricSpec(
+            "pearson_delta",
+            "Pearson r of predicted vs real mean shift from control, genes",
+            True,
+            "genes",
+        ),
         MetricSpec("mse", "mean squared error of mean expression, genes", False, "genes"),
         MetricSpec("mae", "mean absolute error of mean expression, genes", False, "genes"),
-        MetricSpec("de_overlap@100", "overlap of the top-100 genes by |mean shift| from control", True, "genes"),
+        MetricSpec(
+            "de_overlap@100",
+            "overlap of the top-100 moved genes by |mean shift| from control",
+            True,
+            "genes",
+        ),
     )
 }
 
@@ -46,7 +60,10 @@ def evaluate(
     predicted_pca: np.ndarray,
 ) -> dict[str, float]:
     """All metrics of one (cell line, perturbation); inputs are validated once, here."""
-    if real_genes.shape[1] != predicted_genes.shape[1] or real_genes.shape[1] != control_genes.shape[1]:
+    if (
+        real_genes.shape[1] != predicted_genes.shape[1]
+        or real_genes.shape[1] != control_genes.shape[1]
+    ):
         raise ValueError(
             f"gene dimensions differ: real {real_genes.shape[1]}, predicted {predicted_genes.shape[1]}, "
             f"control {control_genes.shape[1]}"
@@ -65,6 +82,8 @@ def evaluate(
         "pearson_delta": lambda: expression.pearson_delta(real_mean, predicted_mean, control_mean),
         "mse": lambda: expression.mse(real_mean, predicted_mean),
         "mae": lambda: expression.mae(real_mean, predicted_mean),
-        "de_overlap@100": lambda: expression.de_overlap(real_mean, predicted_mean, control_mean, 100),
+        "de_overlap@100": lambda: expression.de_overlap(
+            real_mean, predicted_mean, control_mean, 100
+        ),
     }
     return {name: functions[name]() for name in METRICS}

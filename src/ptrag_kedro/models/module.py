@@ -43,9 +43,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.retrieval not in ("none", "vanilla", "ptrag"):
-            raise ValueError(f"model.retrieval must be none, vanilla or ptrag, not '{self.retrieval}'")
+            raise ValueError(
+                f"model.retrieval must be none, vanilla or ptrag, not '{self.retrieval}'"
+            )
         if self.hidden_dim % self.n_heads:
-            raise ValueError(f"model.hidden_dim {self.hidden_dim} is not divisible by n_heads {self.n_heads}")
+            raise ValueError(
+                f"model.hidden_dim {self.hidden_dim} is not divisible by n_heads {self.n_heads}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,7 +72,9 @@ class LossOutput:
     sparsity: torch.Tensor
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, n_layers: int, dropout: float = 0.0) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden_dim: int, out_dim: int, n_layers: int, dropout: float = 0.0
+) -> nn.Sequential:
     """``n_layers`` linear layers with GELU between them."""
     layers: list[nn.Module] = []
     width = in_dim
@@ -85,7 +91,9 @@ class NoRetrieval(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
 
-    def forward(self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor | None, **_: Any) -> tuple[torch.Tensor, None]:
+    def forward(
+        self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor | None, **_: Any
+    ) -> tuple[torch.Tensor, None]:
         return cells + query[:, None, :], None  # [B, S, H]
 
 
@@ -99,10 +107,14 @@ class VanillaRetrieval(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.candidate_projection = nn.Linear(config.hidden_dim, config.hidden_dim)
-        self.attention = nn.MultiheadAttention(config.hidden_dim, config.n_heads, dropout=config.dropout, batch_first=True)
+        self.attention = nn.MultiheadAttention(
+            config.hidden_dim, config.n_heads, dropout=config.dropout, batch_first=True
+        )
         self.norm = nn.LayerNorm(config.hidden_dim)
 
-    def forward(self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor, **_: Any) -> tuple[torch.Tensor, None]:
+    def forward(
+        self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor, **_: Any
+    ) -> tuple[torch.Tensor, None]:
         state_input = cells + query[:, None, :]  # [B, S, H]
         memory = self.candidate_projection(candidates)  # [B, K, H]
         attended, _ = self.attention(self.norm(state_input), memory, memory, need_weights=False)
@@ -134,12 +146,22 @@ class PTRAGRetrieval(nn.Module):
         self.score_out = nn.Sequential(nn.GELU(), nn.Linear(hidden, 2))  # -> (skip, keep)
         self.project = nn.Linear(3 * hidden, hidden, bias=False)
 
-    def _scores(self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def _scores(
+        self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:
         hidden = cells.shape[-1]
         width = 3 * hidden
         # Statistics of the concatenation [h_s, q, c_k] from per-part sums.  [B, S, K]
-        total = cells.sum(-1)[:, :, None] + query.sum(-1)[:, None, None] + candidates.sum(-1)[:, None, :]
-        squares = (cells**2).sum(-1)[:, :, None] + (query**2).sum(-1)[:, None, None] + (candidates**2).sum(-1)[:, None, :]
+        total = (
+            cells.sum(-1)[:, :, None]
+            + query.sum(-1)[:, None, None]
+            + candidates.sum(-1)[:, None, :]
+        )
+        squares = (
+            (cells**2).sum(-1)[:, :, None]
+            + (query**2).sum(-1)[:, None, None]
+            + (candidates**2).sum(-1)[:, None, :]
+        )
         mean = total / width
         std = torch.sqrt(squares / width - mean**2 + self.norm.eps)
         # score_in(LayerNorm(v)) = W diag(gamma) (v - mean) / std + (W beta + b), with W diag(gamma) split in three.
@@ -164,7 +186,9 @@ class PTRAGRetrieval(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self._scores(cells, query, candidates)  # [B, S, K, 2]
         if self.training or gate_mode == "sampled":
-            gates = F.gumbel_softmax(logits, tau=self.tau, hard=True)[..., 1]  # [B, S, K], straight-through
+            gates = F.gumbel_softmax(logits, tau=self.tau, hard=True)[
+                ..., 1
+            ]  # [B, S, K], straight-through
         else:
             gates = (logits[..., 1] > logits[..., 0]).to(cells.dtype)  # argmax: deterministic
         p_cell, p_query, p_candidate = self.project.weight.split(cells.shape[-1], dim=1)
@@ -192,16 +216,25 @@ class PerturbationModel(nn.Module):
         hidden = config.hidden_dim
         self.basal_encoder = mlp(config.n_genes, hidden, hidden, config.mlp_layers, config.dropout)
         # One encoder for the query and the candidates: both are perturbation embeddings.
-        self.perturbation_encoder = mlp(config.embedding_dim, hidden, hidden, config.mlp_layers, config.dropout)
+        self.perturbation_encoder = mlp(
+            config.embedding_dim, hidden, hidden, config.mlp_layers, config.dropout
+        )
         self.batch_embedding = nn.Embedding(config.n_batches, hidden) if config.n_batches else None
         self.retrieval = _RETRIEVAL_BLOCKS[config.retrieval](config)
         layer = nn.TransformerEncoderLayer(
-            hidden, config.n_heads, dim_feedforward=4 * hidden, dropout=config.dropout, batch_first=True, norm_first=True
+            hidden,
+            config.n_heads,
+            dim_feedforward=4 * hidden,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
         )
         self.transformer = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.decoder = mlp(hidden, hidden, config.n_genes, config.mlp_layers, config.dropout)
 
-    def forward(self, batch: dict[str, torch.Tensor], gate_mode: GateMode = "deterministic") -> ModelOutput:
+    def forward(
+        self, batch: dict[str, torch.Tensor], gate_mode: GateMode = "deterministic"
+    ) -> ModelOutput:
         control = batch[keys.CONTROL]  # [B, S, G]
         cells = self.basal_encoder(control)  # [B, S, H]
         if self.batch_embedding is not None:
@@ -219,5 +252,7 @@ class PerturbationModel(nn.Module):
         """Mean energy distance over sentences (+ the PT-RAG gate sparsity penalty)."""
         energy = energy_distance(output.predicted, batch[keys.TARGET]).mean()
         sparsity = output.gates.mean() if output.gates is not None else energy.new_zeros(())
-        total = energy + self.config.sparsity_weight * sparsity if output.gates is not None else energy
+        total = (
+            energy + self.config.sparsity_weight * sparsity if output.gates is not None else energy
+        )
         return LossOutput(total=total, energy=energy, sparsity=sparsity)

@@ -56,7 +56,9 @@ class SentenceSampler:
     ) -> None:
         self.cell_set_size = cell_set_size
         self.k = k
-        self.expression = screen.X if sp.issparse(screen.X) else np.asarray(screen.X, dtype=np.float32)
+        self.expression = (
+            screen.X if sp.issparse(screen.X) else np.asarray(screen.X, dtype=np.float32)
+        )
         obs = screen.obs
         self.embedding_matrix = torch.as_tensor(embeddings.to_numpy(dtype=np.float32))
         embedding_row = {name: row for row, name in enumerate(embeddings.index)}
@@ -65,7 +67,9 @@ class SentenceSampler:
         perturbation = obs["perturbation"].astype(str).to_numpy()
         batch = obs["batch"].astype(str).to_numpy()
         is_control = perturbation == control_label
-        self.controls_by_line = {name: np.flatnonzero(is_control & (line == name)) for name in np.unique(line)}
+        self.controls_by_line = {
+            name: np.flatnonzero(is_control & (line == name)) for name in np.unique(line)
+        }
         control_rows = np.flatnonzero(is_control)
         self.controls_by_line_batch: dict[tuple[str, str], np.ndarray] = {}
         if same_batch_controls:
@@ -74,7 +78,13 @@ class SentenceSampler:
         self.cell_batch = batch
         self.batch_codes = {value: code for code, value in enumerate(sorted(np.unique(batch)))}
         chosen = (obs["split"].astype(str).to_numpy() == split) & ~is_control
-        frame = pd.DataFrame({"line": line[chosen], "perturbation": perturbation[chosen], "row": np.flatnonzero(chosen)})
+        frame = pd.DataFrame(
+            {
+                "line": line[chosen],
+                "perturbation": perturbation[chosen],
+                "row": np.flatnonzero(chosen),
+            }
+        )
         self.groups = [
             SentenceGroup(
                 cell_line=name,
@@ -88,7 +98,9 @@ class SentenceSampler:
         ]
 
     @staticmethod
-    def _candidate_rows(candidates: pd.DataFrame, embedding_row: dict[str, int], k: int) -> dict[str, np.ndarray]:
+    def _candidate_rows(
+        candidates: pd.DataFrame, embedding_row: dict[str, int], k: int
+    ) -> dict[str, np.ndarray]:
         if candidates.empty or k == 0:
             return {}
         top = candidates[candidates["rank"] < k].sort_values(["perturbation", "rank"])
@@ -97,8 +109,12 @@ class SentenceSampler:
         rows: dict[str, np.ndarray] = {}
         for target, group in top.groupby("perturbation", sort=False):
             if len(group) < k:
-                raise ValueError(f"retrieval_candidates has {len(group)} candidates for '{target}', fewer than k={k}")
-            rows[target] = np.array([embedding_row[name] for name in group["candidate"]], dtype=np.int64)
+                raise ValueError(
+                    f"retrieval_candidates has {len(group)} candidates for '{target}', fewer than k={k}"
+                )
+            rows[target] = np.array(
+                [embedding_row[name] for name in group["candidate"]], dtype=np.int64
+            )
         return rows
 
     def __len__(self) -> int:
@@ -108,7 +124,9 @@ class SentenceSampler:
         block = self.expression[rows]
         return block.toarray() if sp.issparse(block) else block
 
-    def _controls_for(self, group: SentenceGroup, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _controls_for(
+        self, group: SentenceGroup, targets: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         if self.controls_by_line_batch:
             picked = np.empty(len(targets), dtype=np.int64)
             for position, cell in enumerate(targets):
@@ -120,30 +138,62 @@ class SentenceSampler:
         pool = self.controls_by_line[group.cell_line]
         return pool[rng.integers(0, len(pool), len(targets))]
 
-    def sentences(self, group_indices: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """The batch of sentences for these groups (B = len(group_indices))."""
-        size = self.cell_set_size
-        control_rows, target_rows, embedding_rows, candidate_rows = [], [], [], []
-        for index in group_indices:
-            group = self.groups[int(index)]
-            replace = len(group.cells) < size
-            targets = rng.choice(group.cells, size, replace=replace)
-            target_rows.append(targets)
-            control_rows.append(self._controls_for(group, targets, rng))
-            embedding_rows.append(group.embedding_row)
-            candidate_rows.append(group.candidate_rows)
-        controls = np.concatenate(control_rows)
+    def _batch(
+        self, targets: np.ndarray, controls: np.ndarray, groups: list[SentenceGroup]
+    ) -> dict[str, torch.Tensor]:
+        """Tensors of len(groups) sentences from flat target and control rows (S per sentence)."""
+        shape = (len(groups), self.cell_set_size)
         batch = {
-            keys.CONTROL: torch.as_tensor(self._rows(controls).reshape(len(group_indices), size, -1), dtype=torch.float32),
-            keys.TARGET: torch.as_tensor(self._rows(np.concatenate(target_rows)).reshape(len(group_indices), size, -1), dtype=torch.float32),
-            keys.PERTURBATION: self.embedding_matrix[embedding_rows],
+            keys.CONTROL: torch.as_tensor(
+                self._rows(controls).reshape(*shape, -1), dtype=torch.float32
+            ),
+            keys.TARGET: torch.as_tensor(
+                self._rows(targets).reshape(*shape, -1), dtype=torch.float32
+            ),
+            keys.PERTURBATION: self.embedding_matrix[[group.embedding_row for group in groups]],
             keys.BATCH_INDEX: torch.as_tensor(
-                np.array([self.batch_codes[value] for value in self.cell_batch[controls]]).reshape(len(group_indices), size)
+                np.array([self.batch_codes[value] for value in self.cell_batch[controls]]).reshape(
+                    shape
+                )
             ),
         }
         if self.k:
-            batch[keys.CANDIDATES] = self.embedding_matrix[torch.as_tensor(np.stack(candidate_rows))]
+            rows = np.stack([group.candidate_rows for group in groups])
+            batch[keys.CANDIDATES] = self.embedding_matrix[torch.as_tensor(rows)]
         return batch
+
+    def sentences(
+        self, group_indices: np.ndarray, rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        """One random sentence for each of these groups (B = len(group_indices))."""
+        groups = [self.groups[int(index)] for index in group_indices]
+        targets = [
+            rng.choice(
+                group.cells, self.cell_set_size, replace=len(group.cells) < self.cell_set_size
+            )
+            for group in groups
+        ]
+        controls = [self._controls_for(group, rows, rng) for group, rows in zip(groups, targets, strict=False)]
+        return self._batch(np.concatenate(targets), np.concatenate(controls), groups)
+
+    def group_sentences(
+        self, index: int, rng: np.random.Generator
+    ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """Sentences covering every cell of one group (for prediction) and the control rows used.
+
+        The group's cells, in order, padded to a multiple of S with random cells of the group,
+        each paired with a control as in training. Returns the batch ([n_sentences, S, ...]) and the
+        control rows of the first ``len(group.cells)`` positions.
+        """
+        group = self.groups[index]
+        n_cells = len(group.cells)
+        targets = np.concatenate(
+            [group.cells, rng.choice(group.cells, (-n_cells) % self.cell_set_size)]
+        )
+        controls = self._controls_for(group, targets, rng)
+        return self._batch(
+            targets, controls, [group] * (len(targets) // self.cell_set_size)
+        ), controls[:n_cells]
 
     def random_batch(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """B sentences of groups drawn uniformly with replacement."""

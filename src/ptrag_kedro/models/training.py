@@ -30,7 +30,12 @@ PROVENANCE_KEY = "ptrag_provenance"
 class TrainingPlan(L.LightningModule):
     """Adam on the module's loss; logs the total, the energy and (PT-RAG) the kept fraction."""
 
-    def __init__(self, model: PerturbationModel, learning_rate: float, provenance: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model: PerturbationModel,
+        learning_rate: float,
+        provenance: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.learning_rate = learning_rate
@@ -38,7 +43,10 @@ class TrainingPlan(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What the run was built from, so a resume never continues on other data.
-        checkpoint[PROVENANCE_KEY] = {**self.provenance, "model_config": self.model.config.to_dict()}
+        checkpoint[PROVENANCE_KEY] = {
+            **self.provenance,
+            "model_config": self.model.config.to_dict(),
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         output = self.model(batch)
@@ -71,11 +79,16 @@ class SentenceStream(IterableDataset):
             yield self.sampler.random_batch(self.batch_size, rng)
 
 
-def validation_batches(sampler: SentenceSampler, batch_size: int, seed: int) -> list[dict[str, torch.Tensor]]:
+def validation_batches(
+    sampler: SentenceSampler, batch_size: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
     """Every val group once, in fixed sentences: the same validation set at every check."""
     rng = np.random.default_rng(seed)
     order = np.arange(len(sampler))
-    return [sampler.sentences(order[start : start + batch_size], rng) for start in range(0, len(order), batch_size)]
+    return [
+        sampler.sentences(order[start : start + batch_size], rng)
+        for start in range(0, len(order), batch_size)
+    ]
 
 
 class LossHistory(Callback):
@@ -84,9 +97,21 @@ class LossHistory(Callback):
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
 
-    def on_train_batch_end(self, trainer: L.Trainer, plan: L.LightningModule, outputs: Any, batch: Any, batch_index: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        plan: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_index: int,
+    ) -> None:
         metrics = trainer.callback_metrics
-        row = {"step": trainer.global_step, "split": "train", "loss": float(metrics["train_loss"]), "energy": float(metrics["train_energy"])}
+        row = {
+            "step": trainer.global_step,
+            "split": "train",
+            "loss": float(metrics["train_loss"]),
+            "energy": float(metrics["train_energy"]),
+        }
         if "train_kept_fraction" in metrics:
             row["kept_fraction"] = float(metrics["train_kept_fraction"])
         self.rows.append(row)
@@ -95,7 +120,9 @@ class LossHistory(Callback):
         if trainer.sanity_checking or "val_energy" not in trainer.callback_metrics:
             return
         energy = float(trainer.callback_metrics["val_energy"])
-        self.rows.append({"step": trainer.global_step, "split": "val", "loss": energy, "energy": energy})
+        self.rows.append(
+            {"step": trainer.global_step, "split": "val", "loss": energy, "energy": energy}
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -154,8 +181,12 @@ def fit(
         logger.info("Resuming from %s", resume_from)
     trainer.fit(
         plan,
-        train_dataloaders=DataLoader(SentenceStream(train_sampler, int(training["batch_size"]), seed), batch_size=None),
-        val_dataloaders=DataLoader(validation_batches(val_sampler, int(training["batch_size"]), seed), batch_size=None),
+        train_dataloaders=DataLoader(
+            SentenceStream(train_sampler, int(training["batch_size"]), seed), batch_size=None
+        ),
+        val_dataloaders=DataLoader(
+            validation_batches(val_sampler, int(training["batch_size"]), seed), batch_size=None
+        ),
         ckpt_path=resume_from,
     )
     return plan.model.cpu().eval(), history.frame(), int(trainer.global_step)

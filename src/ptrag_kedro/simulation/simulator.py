@@ -102,10 +102,12 @@ class SimulationConfig:
     def validate(self) -> None:
         """Check sizes and ranges; raise naming the field."""
         checks = {
-            "cell_lines": len(self.cell_lines) >= 1 and len(set(self.cell_lines)) == len(self.cell_lines),
+            "cell_lines": len(self.cell_lines) >= 1
+            and len(set(self.cell_lines)) == len(self.cell_lines),
             "n_genes": self.n_genes >= 10,
             "n_modules": self.n_modules >= 1,
-            "module_size": self.module_size >= 2 and self.n_modules * self.module_size <= self.n_genes,
+            "module_size": self.module_size >= 2
+            and self.n_modules * self.module_size <= self.n_genes,
             "n_perturbations": 1 <= self.n_perturbations <= self.n_genes,
             "line_coverage": 0.0 < self.line_coverage <= 1.0,
             "cells_per_perturbation": self.cells_per_perturbation >= 1,
@@ -122,10 +124,15 @@ class SimulationConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"parameters 'simulation': invalid value for '{name}': {getattr(self, name)!r}")
+                raise ValueError(
+                    f"parameters 'simulation': invalid value for '{name}': {getattr(self, name)!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
 
 
 @dataclass
@@ -133,7 +140,9 @@ class ScreenPlan:
     """Everything about a screen except the counts: genes, programmes and per-cell labels."""
 
     config: SimulationConfig
-    genes: pd.DataFrame  # index symbol; module, embedding_module, misleading, effect_strength, perturbed
+    genes: (
+        pd.DataFrame
+    )  # index symbol; module, embedding_module, misleading, effect_strength, perturbed
     obs: pd.DataFrame  # one row per cell, in file order: gene, cell_line, gem_group
     group_starts: np.ndarray  # row where each (line, perturbation) group starts in obs
     group_log_means: list[np.ndarray] = field(repr=False)  # per group: [n_genes] log mean
@@ -163,7 +172,9 @@ def _draw_genes(config: SimulationConfig, rng: np.random.Generator) -> pd.DataFr
         perturbed[rng.choice(background, n_background, replace=False)] = True
 
     weak = rng.random(config.n_genes) < config.weak_fraction
-    strength = np.where(weak, rng.uniform(0.0, 0.1, config.n_genes), rng.uniform(0.6, 1.4, config.n_genes))
+    strength = np.where(
+        weak, rng.uniform(0.0, 0.1, config.n_genes), rng.uniform(0.6, 1.4, config.n_genes)
+    )
 
     misleading = (rng.random(config.n_genes) < config.misleading_fraction) & (module != NO_MODULE)
     embedding_module = module.copy()
@@ -183,7 +194,9 @@ def _draw_genes(config: SimulationConfig, rng: np.random.Generator) -> pd.DataFr
     )
 
 
-def _sparse_programme(config: SimulationConfig, rng: np.random.Generator, scale: float) -> np.ndarray:
+def _sparse_programme(
+    config: SimulationConfig, rng: np.random.Generator, scale: float
+) -> np.ndarray:
     """A sparse random log-fold-change vector over all genes (downstream targets)."""
     programme = np.zeros(config.n_genes)
     hits = rng.random(config.n_genes) < config.downstream_fraction
@@ -191,7 +204,9 @@ def _sparse_programme(config: SimulationConfig, rng: np.random.Generator, scale:
     return programme
 
 
-def _draw_programmes(config: SimulationConfig, genes: pd.DataFrame, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw_programmes(
+    config: SimulationConfig, genes: pd.DataFrame, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Shared [modules, genes] and line-specific [lines, modules, genes] response programmes."""
     module = genes["module"].to_numpy()
     shared = np.zeros((config.n_modules, config.n_genes))
@@ -204,7 +219,12 @@ def _draw_programmes(config: SimulationConfig, genes: pd.DataFrame, rng: np.rand
         shared[index] = programme
     line_specific = np.stack(
         [
-            np.stack([_sparse_programme(config, rng, 0.8 * config.module_effect) for _ in range(config.n_modules)])
+            np.stack(
+                [
+                    _sparse_programme(config, rng, 0.8 * config.module_effect)
+                    for _ in range(config.n_modules)
+                ]
+            )
             for _ in config.cell_lines
         ]
     )
@@ -228,7 +248,9 @@ def plan_screen(config: SimulationConfig) -> ScreenPlan:
     coverage = rng.random((len(perturbed_index), n_lines)) < config.line_coverage
     coverage[np.arange(len(perturbed_index)), rng.integers(0, n_lines, len(perturbed_index))] = True
 
-    base_log_mean = np.log(config.median_expression) + rng.normal(0.0, config.expression_log_sd, config.n_genes)
+    base_log_mean = np.log(config.median_expression) + rng.normal(
+        0.0, config.expression_log_sd, config.n_genes
+    )
     n_batches = n_lines * config.batches_per_line
     batch_shifts = rng.normal(0.0, config.batch_effect_sd, (n_batches, config.n_genes))
     batch_shifts += rng.normal(0.0, config.batch_effect_sd, (n_batches, 1))  # per-batch depth
@@ -243,7 +265,11 @@ def plan_screen(config: SimulationConfig) -> ScreenPlan:
         for row, gene_index in enumerate(perturbed_index):
             if not coverage[row, line_index]:
                 continue
-            n_cells = config.cells_per_perturbation + int(rng.integers(-config.cells_per_perturbation // 4, config.cells_per_perturbation // 4 + 1))
+            n_cells = config.cells_per_perturbation + int(
+                rng.integers(
+                    -config.cells_per_perturbation // 4, config.cells_per_perturbation // 4 + 1
+                )
+            )
             if rng.random() < config.sparse_group_fraction:
                 n_cells = int(rng.integers(1, 4))
             n_cells = max(n_cells, 1)
@@ -259,24 +285,36 @@ def plan_screen(config: SimulationConfig) -> ScreenPlan:
             log_mean[gene_index] += np.log1p(-knockdown)
             groups.append((perturbed_symbols[row], log_mean, n_cells))
         n_perturbed_cells = sum(size for _, _, size in groups)
-        n_control = max(1, round(config.control_fraction / (1 - config.control_fraction) * n_perturbed_cells))
+        n_control = max(
+            1, round(config.control_fraction / (1 - config.control_fraction) * n_perturbed_cells)
+        )
         groups.insert(0, (CONTROL_LABEL, line_base.copy(), n_control))
         for label, log_mean, n_cells in groups:
             group_log_means.append(log_mean)
             group_sizes.append(n_cells)
-            batch_index_parts.append(line_index * config.batches_per_line + rng.integers(0, config.batches_per_line, n_cells))
+            batch_index_parts.append(
+                line_index * config.batches_per_line
+                + rng.integers(0, config.batches_per_line, n_cells)
+            )
             obs_parts.append(pd.DataFrame({"gene": np.repeat(label, n_cells), "cell_line": line}))
 
     obs = pd.concat(obs_parts, ignore_index=True)
     cell_batch_index = np.concatenate(batch_index_parts)
     # gem_group numbers are unique per line (like the real file): line L's batches are L*100+1...
-    gem_numbers = np.array([(index // config.batches_per_line + 1) * 100 + index % config.batches_per_line + 1 for index in range(n_batches)])
+    gem_numbers = np.array(
+        [
+            (index // config.batches_per_line + 1) * 100 + index % config.batches_per_line + 1
+            for index in range(n_batches)
+        ]
+    )
     obs["gem_group"] = gem_numbers[cell_batch_index]
     obs["gene"] = pd.Categorical(obs["gene"])
     obs["cell_line"] = pd.Categorical(obs["cell_line"], categories=list(config.cell_lines))
     obs.index = pd.Index([f"cell{index:07d}" for index in range(len(obs))])
     group_starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]]).astype(np.int64)
-    return ScreenPlan(config, genes, obs, group_starts, group_log_means, cell_batch_index, batch_shifts)
+    return ScreenPlan(
+        config, genes, obs, group_starts, group_log_means, cell_batch_index, batch_shifts
+    )
 
 
 def _group_counts(plan: ScreenPlan, group: int) -> sp.csr_matrix:
@@ -287,7 +325,9 @@ def _group_counts(plan: ScreenPlan, group: int) -> sp.csr_matrix:
     rng = np.random.default_rng([config.seed, 1, group])
     n_cells = stop - start
     library = np.exp(rng.normal(0.0, config.library_size_log_sd, (n_cells, 1)))
-    log_mean = plan.group_log_means[group][None, :] + plan.batch_shifts[plan.cell_batch_index[start:stop]]
+    log_mean = (
+        plan.group_log_means[group][None, :] + plan.batch_shifts[plan.cell_batch_index[start:stop]]
+    )
     mean = np.exp(log_mean) * library
     # Gamma-Poisson mixture = negative binomial with variance mean + dispersion * mean^2.
     rate = rng.gamma(1.0 / config.dispersion, mean * config.dispersion)
@@ -347,11 +387,15 @@ def write_screen_h5ad(config: SimulationConfig, path: str | Path) -> Path:
                     matrix = sparse_dataset(handle["X"])
                 else:
                     matrix.append(block)
-    logger.info("Wrote simulated screen %s (%d cells x %d genes)", path, len(plan.obs), config.n_genes)
+    logger.info(
+        "Wrote simulated screen %s (%d cells x %d genes)", path, len(plan.obs), config.n_genes
+    )
     return path
 
 
-def simulate_gene_embeddings(config: SimulationConfig, genes: pd.DataFrame | None = None) -> pd.DataFrame:
+def simulate_gene_embeddings(
+    config: SimulationConfig, genes: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """GenePT-format table (symbol -> ``embedding_dim`` floats, unit norm) for every gene.
 
     Geometry: ``offset_weight * shared offset + w_g * module direction + topics + noise``.
@@ -377,13 +421,28 @@ def simulate_gene_embeddings(config: SimulationConfig, genes: pd.DataFrame | Non
         topics /= np.linalg.norm(topics, axis=1, keepdims=True)
         for _ in range(2):
             chosen = rng.integers(0, config.n_embedding_topics, len(genes))
-            vectors += config.embedding_topic_weight * rng.uniform(0.0, 1.0, (len(genes), 1)) * topics[chosen]
+            vectors += (
+                config.embedding_topic_weight
+                * rng.uniform(0.0, 1.0, (len(genes), 1))
+                * topics[chosen]
+            )
     vectors[in_module] += weight[in_module, None] * directions[embedding_module[in_module]]
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return pd.DataFrame(vectors.astype(np.float32), index=pd.Index(genes.index.astype(str), name="symbol"))
+    return pd.DataFrame(
+        vectors.astype(np.float32), index=pd.Index(genes.index.astype(str), name="symbol")
+    )
 
 
 def gene_module_table(genes: pd.DataFrame) -> pd.DataFrame:
     """Ground truth gene -> module table for retrieval diagnostics (module -1: none)."""
     table = genes.reset_index().rename(columns={"index": "symbol"})
-    return table[["symbol", "module", "embedding_module", "misleading_embedding", "effect_strength", "perturbed"]]
+    return table[
+        [
+            "symbol",
+            "module",
+            "embedding_module",
+            "misleading_embedding",
+            "effect_strength",
+            "perturbed",
+        ]
+    ]

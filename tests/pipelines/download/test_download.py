@@ -164,7 +164,12 @@ def test_short_body_keeps_part_file(server, tmp_path: Path) -> None:
 
 def test_node_and_pipeline(server, tmp_path: Path) -> None:
     url, _ = server
-    params = {"url": url, "destination": str(tmp_path / "screen.h5ad"), "expected_size": None,
-              "chunk_size": 4096, "timeout_s": 5}
+    params = {
+        "url": url,
+        "destination": str(tmp_path / "screen.h5ad"),
+        "expected_size": None,
+        "chunk_size": 4096,
+        "timeout_s": 5,
+    }
     assert download_raw_screen(params)["bytes"] == len(PAYLOAD)
     assert [node.name for node in create_pipeline().nodes] == ["download_raw_screen"]

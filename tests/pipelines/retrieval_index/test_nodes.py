@@ -32,7 +32,9 @@ def _embeddings(names: list[str], dim: int = 16, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def _manifest(train_k562: list[str], train_hepg2: list[str], val: list[str], test: list[str]) -> dict[str, Any]:
+def _manifest(
+    train_k562: list[str], train_hepg2: list[str], val: list[str], test: list[str]
+) -> dict[str, Any]:
     return {
         "control_label": "non-targeting",
         "screen_fingerprint": "fp",
@@ -94,7 +96,9 @@ def test_k_larger_than_train_set(setup) -> None:
     embeddings, split = setup
     index = build_retrieval_index(embeddings, split)
     find_retrieval_candidates(index, embeddings, split, {"k": 49})  # n_train - 1 is the most
-    with pytest.raises(RetrievalError, match="retrieval_index.k = 50, but with 50 train perturbations"):
+    with pytest.raises(
+        RetrievalError, match="retrieval_index.k = 50, but with 50 train perturbations"
+    ):
         find_retrieval_candidates(index, embeddings, split, {"k": 50})
 
 
@@ -102,7 +106,9 @@ def test_stale_embeddings_are_refused(setup) -> None:
     embeddings, split = setup
     index = build_retrieval_index(embeddings, split)
     changed = _embeddings([name for name in embeddings.index[1:]], seed=9)
-    with pytest.raises(StaleArtefactError, match="rebuild it with `kedro run --pipeline=retrieval_index`"):
+    with pytest.raises(
+        StaleArtefactError, match="rebuild it with `kedro run --pipeline=retrieval_index`"
+    ):
         find_retrieval_candidates(index, changed, split, {"k": 5})
     other_screen = {**split, "screen_fingerprint": "another"}
     with pytest.raises(StaleArtefactError, match="kedro run --pipeline=genept"):

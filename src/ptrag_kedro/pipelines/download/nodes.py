@@ -93,9 +93,12 @@ def download_file(
         total = expected_size if expected_size is not None else total
         resumed_from = offset
         try:
-            with part.open("ab" if offset else "wb") as handle, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name
-            ) as progress:
+            with (
+                part.open("ab" if offset else "wb") as handle,
+                tqdm(
+                    total=total, initial=offset, unit="B", unit_scale=True, desc=destination.name
+                ) as progress,
+            ):
                 for chunk in response.iter_content(chunk_size=chunk_size):
                     handle.write(chunk)
                     progress.update(len(chunk))
@@ -114,7 +117,9 @@ def download_file(
     return _report(url, destination, size, resumed_from, False, started)
 
 
-def _report(url: str, destination: Path, size: int, resumed_from: int, skipped: bool, started: float) -> dict[str, Any]:
+def _report(
+    url: str, destination: Path, size: int, resumed_from: int, skipped: bool, started: float
+) -> dict[str, Any]:
     return {
         "url": url,
         "destination": str(destination),

@@ -83,7 +83,13 @@ def embed_gene_summaries(
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = _load_text_model(model_name, device)
-        logger.info("Embedding %d of %d gene summaries with %s on %s", len(missing), len(keys), model_name, device)
+        logger.info(
+            "Embedding %d of %d gene summaries with %s on %s",
+            len(missing),
+            len(keys),
+            model_name,
+            device,
+        )
         vectors = model.encode(
             [gene_summaries[symbols[index]] for index in missing],
             batch_size=int(genept["batch_size"]),
@@ -145,7 +151,9 @@ def _alias_lookup(gene_aliases: Any) -> dict[str, list[str]]:
     return lookup
 
 
-def _perturbations_by_line_and_split(split_manifest: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+def _perturbations_by_line_and_split(
+    split_manifest: dict[str, Any],
+) -> dict[str, dict[str, list[str]]]:
     return {
         line: {kind: list(entry[kind]) for kind in (TRAIN, VAL, TEST)}
         for line, entry in split_manifest["cell_lines"].items()
@@ -167,21 +175,31 @@ def build_perturbation_embeddings(
     """
     source_kind = genept["source"]
     if source_kind == "summaries":
-        table, source = summary_gene_embeddings, f"gene summaries embedded with {genept['text_model']}"
+        table, source = (
+            summary_gene_embeddings,
+            f"gene summaries embedded with {genept['text_model']}",
+        )
     elif source_kind == "file":
         if raw_gene_embeddings is None:
             raise GeneEmbeddingError(
                 "genept.source is 'file' but the gene-embedding file does not exist: give one with "
                 "--params=gene_embeddings_path=PATH (.pickle, .csv, .csv.gz or .parquet)"
             )
-        table, source = raw_gene_embeddings, str(raw_gene_embeddings.attrs.get("source_file", "gene-embedding file"))
+        table, source = (
+            raw_gene_embeddings,
+            str(raw_gene_embeddings.attrs.get("source_file", "gene-embedding file")),
+        )
     else:
-        raise GeneEmbeddingError(f"parameters: genept.source must be 'file' or 'summaries', not '{source_kind}'")
+        raise GeneEmbeddingError(
+            f"parameters: genept.source must be 'file' or 'summaries', not '{source_kind}'"
+        )
     vectors = _validated_table(table, source)
     aliases = _alias_lookup(gene_aliases)
 
     by_line = _perturbations_by_line_and_split(split_manifest)
-    perturbations = sorted({p for kinds in by_line.values() for names in kinds.values() for p in names})
+    perturbations = sorted(
+        {p for kinds in by_line.values() for names in kinds.values() for p in names}
+    )
     found: dict[str, str] = {}
     via_alias: dict[str, str] = {}
     for perturbation in perturbations:
@@ -244,7 +262,9 @@ def build_perturbation_embeddings(
                 kind: {
                     "n": len(names),
                     "embedded": sum(name in found for name in names),
-                    "fraction": round(sum(name in found for name in names) / len(names), 4) if names else None,
+                    "fraction": round(sum(name in found for name in names) / len(names), 4)
+                    if names
+                    else None,
                 }
                 for kind, names in kinds.items()
             }

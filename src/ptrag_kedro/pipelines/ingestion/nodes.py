@@ -129,11 +129,15 @@ def select_features(screen: ad.AnnData, features: dict[str, Any]) -> ad.AnnData:
     control_label = screen.uns[PROVENANCE_KEY]["control_label"]
     min_cells = int(features["min_cells_per_perturbation"])
     if obsm_key and obsm_key in screen.obsm:
-        keep = _cells_in_large_groups(screen.obs, np.ones(screen.n_obs, dtype=bool), min_cells, control_label)
+        keep = _cells_in_large_groups(
+            screen.obs, np.ones(screen.n_obs, dtype=bool), min_cells, control_label
+        )
         featurised = _features_from_obsm(screen, obsm_key, source, keep)
         record: dict[str, Any] = {"path": f"obsm:{obsm_key}"}
     else:
-        featurised, record = _features_from_counts(screen, features, source, min_cells, control_label)
+        featurised, record = _features_from_counts(
+            screen, features, source, min_cells, control_label
+        )
     for column in (PERTURBATION, CELL_LINE):
         featurised.obs[column] = featurised.obs[column].cat.remove_unused_categories()
     _check_controls(featurised.obs, control_label, source, PERTURBATION)
@@ -147,11 +151,15 @@ def select_features(screen: ad.AnnData, features: dict[str, Any]) -> ad.AnnData:
     return featurised
 
 
-def _features_from_obsm(screen: ad.AnnData, obsm_key: str, source: str, keep: np.ndarray) -> ad.AnnData:
+def _features_from_obsm(
+    screen: ad.AnnData, obsm_key: str, source: str, keep: np.ndarray
+) -> ad.AnnData:
     matrix = screen.obsm[obsm_key]
     if not keep.all():
         matrix = matrix[keep]
-    matrix = matrix.astype(np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+    matrix = (
+        matrix.astype(np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+    )
     values = matrix.data if sp.issparse(matrix) else matrix
     if not np.isfinite(values).all():
         raise ScreenError(f"{source}: obsm['{obsm_key}'] has NaN or infinite values")
@@ -172,7 +180,8 @@ def _obsm_feature_names(screen: ad.AnnData, n_features: int) -> list[str]:
         return list(screen.var_names)
     logger.warning(
         "obsm features: %d columns but no var['highly_variable'] of that size; naming them "
-        "hvg_0000...", n_features
+        "hvg_0000...",
+        n_features,
     )
     return [f"hvg_{index:04d}" for index in range(n_features)]
 
@@ -181,14 +190,18 @@ def _check_counts(matrix: Any, source: str) -> None:
     """Counts must be finite, non-negative integers."""
     if sp.issparse(matrix):
         values = matrix.data
-        chunks = (values[start : start + _CHECK_CHUNK] for start in range(0, len(values), _CHECK_CHUNK))
+        chunks = (
+            values[start : start + _CHECK_CHUNK] for start in range(0, len(values), _CHECK_CHUNK)
+        )
     else:
         matrix = np.asarray(matrix)
         rows = max(1, _CHECK_CHUNK // max(1, matrix.shape[1]))
         chunks = (matrix[start : start + rows] for start in range(0, matrix.shape[0], rows))
     for chunk in chunks:
         if not np.isfinite(chunk).all():
-            raise ScreenError(f"{source}: X holds NaN or infinite values where raw counts are expected")
+            raise ScreenError(
+                f"{source}: X holds NaN or infinite values where raw counts are expected"
+            )
         if (chunk < 0).any():
             raise ScreenError(f"{source}: X holds negative values where raw counts are expected")
         if (chunk != np.round(chunk)).any():
@@ -230,7 +243,10 @@ def _features_from_counts(
     if n_top < adata.n_vars:
         batch_key = CELL_LINE if adata.obs[CELL_LINE].nunique() > 1 else None
         sc.pp.highly_variable_genes(
-            adata, n_top_genes=n_top, flavor=features.get("hvg_flavor", "seurat"), batch_key=batch_key
+            adata,
+            n_top_genes=n_top,
+            flavor=features.get("hvg_flavor", "seurat"),
+            batch_key=batch_key,
         )
         adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
     adata.var = pd.DataFrame(index=adata.var_names.copy())
@@ -254,7 +270,9 @@ def _cells_in_large_groups(
     Controls are never dropped: they are every line's basal cells.
     """
     keys = obs[[CELL_LINE, PERTURBATION]][candidates]
-    group_size = keys.groupby([CELL_LINE, PERTURBATION], observed=True)[PERTURBATION].transform("size")
+    group_size = keys.groupby([CELL_LINE, PERTURBATION], observed=True)[PERTURBATION].transform(
+        "size"
+    )
     small = (group_size.to_numpy() < min_cells) & (keys[PERTURBATION].to_numpy() != control_label)
     if small.any():
         logger.info(
@@ -285,7 +303,9 @@ def split_screen(
     source = _source(screen)
     mode: Literal["few_shot", "zero_shot"] = split["mode"]
     if mode not in ("few_shot", "zero_shot"):
-        raise ScreenError(f"parameters: ingestion.split.mode must be few_shot or zero_shot, not '{mode}'")
+        raise ScreenError(
+            f"parameters: ingestion.split.mode must be few_shot or zero_shot, not '{mode}'"
+        )
     control_label = screen.uns[PROVENANCE_KEY]["control_label"]
     heldout = str(split["heldout_cell_line"]).strip()
     lines = list(screen.obs[CELL_LINE].cat.categories)
@@ -296,7 +316,9 @@ def split_screen(
         )
     rng = np.random.default_rng(int(split["seed"]))
     perturbations_by_line = {
-        line: sorted(set(screen.obs.loc[screen.obs[CELL_LINE] == line, PERTURBATION]) - {control_label})
+        line: sorted(
+            set(screen.obs.loc[screen.obs[CELL_LINE] == line, PERTURBATION]) - {control_label}
+        )
         for line in lines
     }
     assignment: dict[str, dict[str, list[str]]] = {
@@ -309,7 +331,9 @@ def split_screen(
     if mode == "few_shot":
         if split_lists is not None:
             split_file = str(split.get("split_file") or "split file")
-            val, test, missing = _lists_from_file(split_lists, heldout_perturbations, split_file, source, heldout)
+            val, test, missing = _lists_from_file(
+                split_lists, heldout_perturbations, split_file, source, heldout
+            )
             split_source = split_file
         else:
             val, test = _fractions(heldout_perturbations, split, rng)
@@ -321,7 +345,9 @@ def split_screen(
         }
     else:
         assignment[heldout] = {TRAIN: [], VAL: [], TEST: list(heldout_perturbations)}
-        pairs = [(line, p) for line in lines if line != heldout for p in perturbations_by_line[line]]
+        pairs = [
+            (line, p) for line in lines if line != heldout for p in perturbations_by_line[line]
+        ]
         n_val = round(float(split["val_fraction"]) * len(pairs))
         for index in rng.permutation(len(pairs))[:n_val]:
             line, perturbation = pairs[index]
@@ -420,7 +446,9 @@ def _lists_from_file(
         result[kind], missing[kind] = matched, absent
     overlap = set(result[VAL]) & set(result[TEST])
     if overlap:
-        raise ScreenError(f"{split_file}: fields 'val' and 'test' share genes: {_first(sorted(overlap))}")
+        raise ScreenError(
+            f"{split_file}: fields 'val' and 'test' share genes: {_first(sorted(overlap))}"
+        )
     return result[VAL], result[TEST], missing
 
 
@@ -435,8 +463,10 @@ def _split_column(
     }
     groups = obs[[CELL_LINE, PERTURBATION]].drop_duplicates()
     group_split = {
-        (line, perturbation): CONTROL if perturbation == control_label else lookup[(line, perturbation)]
-        for line, perturbation in zip(groups[CELL_LINE], groups[PERTURBATION])
+        (line, perturbation): CONTROL
+        if perturbation == control_label
+        else lookup[(line, perturbation)]
+        for line, perturbation in zip(groups[CELL_LINE], groups[PERTURBATION], strict=False)
     }
     keys = pd.MultiIndex.from_arrays([obs[CELL_LINE].astype(str), obs[PERTURBATION].astype(str)])
     return pd.Series(group_split).reindex(keys).to_numpy()

@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are catalog datasets, never windows
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from ptrag_kedro.pipelines.ingestion.nodes import TRAIN
+from ptrag_kedro.plotting import new_figure
 from ptrag_kedro.provenance import require_same
 from ptrag_kedro.retrieval import RetrievalIndex, build_index, l2_normalise, search
 
@@ -33,7 +31,9 @@ def train_perturbations(split_manifest: dict[str, Any]) -> list[str]:
     return sorted({p for entry in split_manifest["cell_lines"].values() for p in entry[TRAIN]})
 
 
-def _check_embeddings(perturbation_embeddings: pd.DataFrame, split_manifest: dict[str, Any]) -> None:
+def _check_embeddings(
+    perturbation_embeddings: pd.DataFrame, split_manifest: dict[str, Any]
+) -> None:
     require_same(
         "perturbation_embeddings",
         "screen",
@@ -50,7 +50,9 @@ def build_retrieval_index(
     _check_embeddings(perturbation_embeddings, split_manifest)
     train = [p for p in train_perturbations(split_manifest) if p in perturbation_embeddings.index]
     if len(train) < 2:
-        raise RetrievalError(f"only {len(train)} embedded train perturbations: nothing to retrieve from")
+        raise RetrievalError(
+            f"only {len(train)} embedded train perturbations: nothing to retrieve from"
+        )
     index = build_index(
         perturbation_embeddings.loc[train].to_numpy(),
         train,
@@ -89,7 +91,9 @@ def find_retrieval_candidates(
             f"have at most {n_train - 1} candidates (itself excluded): lower k"
         )
     queries = [p for p in perturbation_embeddings.index if p != split_manifest["control_label"]]
-    candidates = search(retrieval_index, perturbation_embeddings.loc[queries].to_numpy(), queries, k)
+    candidates = search(
+        retrieval_index, perturbation_embeddings.loc[queries].to_numpy(), queries, k
+    )
     candidates.attrs = dict(retrieval_index.provenance)
     logger.info("Retrieval candidates: %d perturbations x top-%d", len(queries), k)
     return candidates
@@ -100,7 +104,7 @@ def retrieval_diagnostics(
     perturbation_embeddings: pd.DataFrame,
     retrieval_index: RetrievalIndex,
     gene_modules: pd.DataFrame | None,
-) -> tuple[dict[str, Any], plt.Figure]:
+) -> tuple[dict[str, Any], Figure]:
     """Similarity distributions, and (with a gene -> module table) module precision vs random."""
     train = retrieval_index.names
     train_vectors = l2_normalise(perturbation_embeddings.loc[train].to_numpy())
@@ -118,10 +122,16 @@ def retrieval_diagnostics(
     if gene_modules is not None and not gene_modules.empty:
         report["module_precision"] = _module_precision(candidates, train, gene_modules)
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, axes = new_figure(1, 2, figsize=(10, 3.8))
     bins = np.linspace(min(random_pairs.min(), candidates["similarity"].min()), 1.0, 50)
     axes[0].hist(random_pairs, bins=bins, density=True, alpha=0.6, label="all train pairs")
-    axes[0].hist(candidates["similarity"], bins=bins, density=True, alpha=0.6, label=f"top-{report['k']} candidates")
+    axes[0].hist(
+        candidates["similarity"],
+        bins=bins,
+        density=True,
+        alpha=0.6,
+        label=f"top-{report['k']} candidates",
+    )
     axes[0].set(xlabel="cosine similarity", ylabel="density", title="Embedding similarity")
     axes[0].legend()
     precision = report["module_precision"]
@@ -131,26 +141,37 @@ def retrieval_diagnostics(
             [precision["precision"], precision["random_expectation"], precision["best_possible"]],
             color=["C1", "C0", "C7"],
         )
-        axes[1].set(ylabel="candidates sharing the query's module", title=f"Module precision (n={precision['n_queries']})", ylim=(0, 1))
+        axes[1].set(
+            ylabel="candidates sharing the query's module",
+            title=f"Module precision (n={precision['n_queries']})",
+            ylim=(0, 1),
+        )
     else:
         axes[1].axis("off")
         axes[1].text(0.5, 0.5, "no ground-truth modules\n(real screen)", ha="center", va="center")
-    figure.tight_layout()
     return report, figure
 
 
 def _summary(values: np.ndarray, quantiles: tuple[float, ...]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), **{f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in quantiles}}
+    return {
+        "mean": float(np.mean(values)),
+        **{f"q{int(q * 100):02d}": float(np.quantile(values, q)) for q in quantiles},
+    }
 
 
-def _module_precision(candidates: pd.DataFrame, train: list[str], gene_modules: pd.DataFrame) -> dict[str, Any] | None:
+def _module_precision(
+    candidates: pd.DataFrame, train: list[str], gene_modules: pd.DataFrame
+) -> dict[str, Any] | None:
     """Fraction of candidates in the query's module, and the fraction expected at random."""
     module_of = gene_modules.set_index("symbol")["module"]
     module_of = module_of[module_of >= 0]
     with_module = candidates[candidates["perturbation"].isin(module_of.index)]
     if with_module.empty:
         return None
-    same = with_module["candidate"].map(module_of).to_numpy() == with_module["perturbation"].map(module_of).to_numpy()
+    same = (
+        with_module["candidate"].map(module_of).to_numpy()
+        == with_module["perturbation"].map(module_of).to_numpy()
+    )
     train_modules = pd.Series(train).map(module_of)
     per_module = train_modules.value_counts()
     queries = with_module["perturbation"].drop_duplicates()

@@ -20,13 +20,23 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 find_retrieval_candidates,
-                inputs=["retrieval_index", "perturbation_embeddings", "split_manifest", "params:retrieval_index"],
+                inputs=[
+                    "retrieval_index",
+                    "perturbation_embeddings",
+                    "split_manifest",
+                    "params:retrieval_index",
+                ],
                 outputs="retrieval_candidates",
                 name="find_retrieval_candidates",
             ),
             node(
                 retrieval_diagnostics,
-                inputs=["retrieval_candidates", "perturbation_embeddings", "retrieval_index", "gene_modules"],
+                inputs=[
+                    "retrieval_candidates",
+                    "perturbation_embeddings",
+                    "retrieval_index",
+                    "gene_modules",
+                ],
                 outputs=["retrieval_diagnostics", "retrieval_diagnostics_plot"],
                 name="retrieval_diagnostics",
             ),

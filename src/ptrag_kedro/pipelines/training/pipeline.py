@@ -35,7 +35,12 @@ def _base() -> Pipeline:
 
 
 def variant_pipeline(variant: str) -> Pipeline:
-    return pipeline(_base(), namespace=variant, inputs=SHARED_INPUTS, parameters={"params:training": "params:training"})
+    return pipeline(
+        _base(),
+        namespace=variant,
+        inputs=SHARED_INPUTS,
+        parameters={"params:training": "params:training"},
+    )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
