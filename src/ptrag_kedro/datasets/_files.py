@@ -7,8 +7,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
-from kedro.io import DatasetError
+from kedro.io import AbstractDataset, DatasetError
+
+_Input = TypeVar("_Input")
+_Output = TypeVar("_Output")
 
 
 @contextlib.contextmanager
@@ -53,3 +57,43 @@ def check_write_allowed(filepath: Path, write_only_under: Path | None) -> None:
 def missing_hint(produced_by: str | None) -> str:
     """The tail of a missing-file error: which command creates the file."""
     return f"; create it first with `{produced_by}`" if produced_by else ""
+
+
+class LocalFileDataset(AbstractDataset[_Input, _Output]):
+    """A dataset kept in one local file: its path, existence, description and missing-file error.
+
+    Args:
+        filepath: the file.
+        produced_by: the command that creates the file, named when it is missing.
+        metadata: free-form metadata for plugins (kedro-viz), ignored here.
+    """
+
+    #: what the file is, in error messages ("h5ad file")
+    file_kind = "file"
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        produced_by: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._filepath = Path(filepath)
+        self._produced_by = produced_by
+        self.metadata = metadata
+
+    @property
+    def filepath(self) -> Path:
+        return self._filepath
+
+    def _require_file(self) -> None:
+        if not self._filepath.is_file():
+            raise DatasetError(
+                f"{self._filepath}: no such {self.file_kind}{missing_hint(self._produced_by)}"
+            )
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}

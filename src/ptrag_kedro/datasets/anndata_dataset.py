@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path, check_write_allowed, missing_hint
+from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path, check_write_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 SOURCE_FILE_KEY = "ptrag_source_file"
 
 
-class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
+class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
     """Load and save an ``AnnData`` as h5ad.
 
     Example catalog entry::
@@ -36,6 +36,8 @@ class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
         metadata: free-form metadata for plugins (kedro-viz), ignored here.
     """
 
+    file_kind = "h5ad file"
+
     def __init__(
         self,
         *,
@@ -46,22 +48,13 @@ class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
         produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self._filepath = Path(filepath)
+        super().__init__(filepath=filepath, produced_by=produced_by, metadata=metadata)
         self._load_args = dict(load_args or {})
         self._save_args = dict(save_args or {})
         self._write_only_under = Path(write_only_under) if write_only_under else None
-        self._produced_by = produced_by
-        self.metadata = metadata
-
-    @property
-    def filepath(self) -> Path:
-        return self._filepath
 
     def load(self) -> ad.AnnData:
-        if not self._filepath.is_file():
-            raise DatasetError(
-                f"{self._filepath}: no such h5ad file{missing_hint(self._produced_by)}"
-            )
+        self._require_file()
         try:
             adata = ad.read_h5ad(self._filepath, **self._load_args)
         except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -86,12 +79,9 @@ class AnnDataDataset(AbstractDataset[ad.AnnData, ad.AnnData]):
                 data.uns[SOURCE_FILE_KEY] = source_file
         logger.info("Wrote %s (%d cells x %d genes)", self._filepath, data.n_obs, data.n_vars)
 
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
     def _describe(self) -> dict[str, Any]:
         return {
-            "filepath": str(self._filepath),
+            **super()._describe(),
             "load_args": self._load_args,
             "save_args": self._save_args,
             "write_only_under": str(self._write_only_under) if self._write_only_under else None,

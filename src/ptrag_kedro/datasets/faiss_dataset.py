@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path, missing_hint
+from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
 from ptrag_kedro.retrieval import RetrievalIndex
 
 
-class FaissIndexDataset(AbstractDataset[RetrievalIndex, RetrievalIndex]):
+class FaissIndexDataset(LocalFileDataset[RetrievalIndex, RetrievalIndex]):
     """Save / load a :class:`RetrievalIndex` as one ``.npz``.
 
     The index is serialised with faiss's own writer (``faiss.serialize_index``); names and
@@ -22,22 +20,10 @@ class FaissIndexDataset(AbstractDataset[RetrievalIndex, RetrievalIndex]):
     or out of step with the index. Loading never unpickles.
     """
 
-    def __init__(
-        self,
-        *,
-        filepath: str,
-        produced_by: str | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        self._filepath = Path(filepath)
-        self._produced_by = produced_by
-        self.metadata = metadata
+    file_kind = "faiss index file"
 
     def load(self) -> RetrievalIndex:
-        if not self._filepath.is_file():
-            raise DatasetError(
-                f"{self._filepath}: no such faiss index file{missing_hint(self._produced_by)}"
-            )
+        self._require_file()
         try:
             with np.load(self._filepath, allow_pickle=False) as stored:
                 index = faiss.deserialize_index(stored["index"])
@@ -56,9 +42,3 @@ class FaissIndexDataset(AbstractDataset[RetrievalIndex, RetrievalIndex]):
                     names=np.asarray(data.names, dtype=str),
                     provenance=np.asarray(json.dumps(data.provenance)),
                 )
-
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}

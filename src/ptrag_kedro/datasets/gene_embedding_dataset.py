@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path, check_write_allowed
+from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path, check_write_allowed
 
 _PICKLE_SUFFIXES = (".pickle", ".pkl")
 _CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -63,7 +63,7 @@ def _frame_from_mapping(mapping: Any, path: Path) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(symbols, name="symbol"))
 
 
-class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
+class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
     """Gene symbol -> vector table; the format follows the file extension.
 
     Loads to a float32 ``DataFrame`` indexed by symbol (one column per dimension).
@@ -74,29 +74,26 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     missing file as ``None`` (a source the run may not use).
     """
 
+    file_kind = "gene-embedding file"
+
     def __init__(
         self,
         *,
         filepath: str,
         write_only_under: str | None = None,
         optional: bool = False,
+        produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self._filepath = Path(filepath)
+        super().__init__(filepath=filepath, produced_by=produced_by, metadata=metadata)
         self._optional = optional
         self._suffix = _suffix(self._filepath)
         self._write_only_under = Path(write_only_under) if write_only_under else None
-        self.metadata = metadata
-
-    @property
-    def filepath(self) -> Path:
-        return self._filepath
 
     def load(self) -> pd.DataFrame | None:
-        if not self._filepath.is_file():
-            if self._optional:
-                return None
-            raise DatasetError(f"{self._filepath}: no such gene-embedding file")
+        if self._optional and not self._filepath.is_file():
+            return None
+        self._require_file()
         try:
             if self._suffix in _PICKLE_SUFFIXES:
                 with self._filepath.open("rb") as handle:
@@ -125,7 +122,8 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         with atomic_write_path(self._filepath) as tmp_path:
             if self._suffix in _PICKLE_SUFFIXES:
                 mapping = {
-                    str(symbol): row.tolist() for symbol, row in zip(data.index, data.values, strict=False)
+                    str(symbol): row.tolist()
+                    for symbol, row in zip(data.index, data.values, strict=False)
                 }
                 with tmp_path.open("wb") as handle:
                     pickle.dump(mapping, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -136,8 +134,5 @@ class GeneEmbeddingDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
                 frame.columns = [str(column) for column in frame.columns]
                 frame.to_parquet(tmp_path)
 
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "format": self._suffix, "optional": self._optional}
+        return {**super()._describe(), "format": self._suffix, "optional": self._optional}

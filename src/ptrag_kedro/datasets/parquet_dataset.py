@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path, missing_hint
+from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
 
 
-class ParquetDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
+class ParquetDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
     """A ``DataFrame`` as parquet; ``attrs`` round-trip (pandas stores them in the file's metadata).
 
     Args:
@@ -21,6 +20,8 @@ class ParquetDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         metadata: free-form metadata for plugins, ignored here.
     """
 
+    file_kind = "parquet file"
+
     def __init__(
         self,
         *,
@@ -29,18 +30,13 @@ class ParquetDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        self._filepath = Path(filepath)
+        super().__init__(filepath=filepath, produced_by=produced_by, metadata=metadata)
         self._optional = optional
-        self._produced_by = produced_by
-        self.metadata = metadata
 
     def load(self) -> pd.DataFrame:
-        if not self._filepath.is_file():
-            if self._optional:
-                return pd.DataFrame()
-            raise DatasetError(
-                f"{self._filepath}: no such parquet file{missing_hint(self._produced_by)}"
-            )
+        if self._optional and not self._filepath.is_file():
+            return pd.DataFrame()
+        self._require_file()
         try:
             return pd.read_parquet(self._filepath)
         except (OSError, ValueError) as exc:
@@ -50,8 +46,5 @@ class ParquetDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         with atomic_write_path(self._filepath) as tmp_path:
             data.to_parquet(tmp_path)
 
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "optional": self._optional}
+        return {**super()._describe(), "optional": self._optional}

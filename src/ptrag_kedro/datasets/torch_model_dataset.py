@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path
+from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
 
 
-class TorchModelDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+class TorchModelDataset(LocalFileDataset[dict[str, Any], dict[str, Any]]):
     """A trained-model record saved with ``torch.save`` and loaded with ``weights_only=True``.
 
-    The record is a dict: ``config`` (the arguments that build the module), ``state_dict``,
-    ``genes`` (feature order), ``perturbations``, ``provenance`` and ``steps``: plain containers
-    and tensors only, so loading never unpickles arbitrary objects.
+    The record is a dict: ``config`` (the arguments that build the module), ``state_dicts`` (one
+    per training seed), ``genes`` (feature order), ``perturbations``, ``provenance`` and
+    ``steps``: plain containers and tensors only, so loading never unpickles arbitrary objects.
     """
 
-    def __init__(self, *, filepath: str, metadata: dict[str, Any] | None = None) -> None:
-        self._filepath = Path(filepath)
-        self.metadata = metadata
+    file_kind = "model file"
 
     def load(self) -> dict[str, Any]:
-        if not self._filepath.is_file():
-            raise DatasetError(
-                f"{self._filepath}: no such model file; train it with `kedro run --pipeline=train_<variant>`"
-            )
+        self._require_file()
         try:
             return torch.load(self._filepath, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError) as exc:
@@ -37,9 +31,3 @@ class TorchModelDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     def save(self, data: dict[str, Any]) -> None:
         with atomic_write_path(self._filepath) as tmp_path:
             torch.save(data, tmp_path)
-
-    def _exists(self) -> bool:
-        return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}

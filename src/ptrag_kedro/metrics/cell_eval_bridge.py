@@ -14,12 +14,16 @@ import pandas as pd
 import scipy.sparse as sp
 
 
-def cell_eval_pair(predictions: ad.AnnData, screen: ad.AnnData, cell_line: str, control_label: str) -> Any:
+def cell_eval_pair(
+    predictions: ad.AnnData, screen: ad.AnnData, cell_line: str, control_label: str
+) -> Any:
     """A ``cell_eval`` ``PerturbationAnndataPair`` of one line: real test + control cells vs predicted."""
     from cell_eval._types import PerturbationAnndataPair
 
     obs = screen.obs
-    rows = (obs["cell_line"] == cell_line).to_numpy() & obs["split"].isin(["test", "control"]).to_numpy()
+    rows = (obs["cell_line"] == cell_line).to_numpy() & obs["split"].isin(
+        ["test", "control"]
+    ).to_numpy()
     matrix = screen.X[rows]
     real = ad.AnnData(
         X=matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix),
@@ -33,4 +37,6 @@ def cell_eval_pair(predictions: ad.AnnData, screen: ad.AnnData, cell_line: str, 
         var=real.var,
     )
     predicted = ad.concat([predicted, real[(real.obs["perturbation"] == control_label).to_numpy()]])
-    return PerturbationAnndataPair(real=real, pred=predicted, pert_col="perturbation", control_pert=control_label)
+    return PerturbationAnndataPair(
+        real=real, pred=predicted, pert_col="perturbation", control_pert=control_label
+    )

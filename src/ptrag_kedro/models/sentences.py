@@ -173,7 +173,10 @@ class SentenceSampler:
             )
             for group in groups
         ]
-        controls = [self._controls_for(group, rows, rng) for group, rows in zip(groups, targets, strict=False)]
+        controls = [
+            self._controls_for(group, rows, rng)
+            for group, rows in zip(groups, targets, strict=False)
+        ]
         return self._batch(np.concatenate(targets), np.concatenate(controls), groups)
 
     def group_sentences(
