@@ -161,28 +161,31 @@ def predict_test_cells(
     return predictions
 
 
-def _group_means(
-    screen: ad.AnnData, expression: np.ndarray, split_manifest: dict[str, Any]
-) -> tuple[dict, dict]:
-    """Mean expression of every (line, train perturbation) group and of every line's controls."""
+def _group_means(screen: ad.AnnData, split_manifest: dict[str, Any]) -> tuple[dict, dict]:
+    """Mean expression of every (line, train perturbation) group and of every line's controls.
+
+    Sums through a sparse indicator matrix, so a large screen is never made dense.
+    """
     obs = screen.obs
-    control_means = {
-        line: expression[((obs["cell_line"] == line) & (obs["split"] == CONTROL)).to_numpy()].mean(
-            0
-        )
-        for line in split_manifest["cell_lines"]
-    }
-    train = obs["split"].to_numpy() == TRAIN
-    frame = pd.DataFrame(
-        {
-            "line": obs["cell_line"].astype(str).to_numpy()[train],
-            "pert": obs["perturbation"].astype(str).to_numpy()[train],
-        }
+    line = obs["cell_line"].astype(str).to_numpy()
+    perturbation = obs["perturbation"].astype(str).to_numpy()
+    split = obs["split"].to_numpy()
+    keys = pd.Series(
+        [
+            (name, CONTROL) if kind == CONTROL else (name, target)
+            for name, target, kind in zip(line, perturbation, split, strict=True)
+        ]
     )
-    rows = np.flatnonzero(train)
-    train_means = {
-        key: expression[rows[group.index]].mean(0) for key, group in frame.groupby(["line", "pert"])
-    }
+    wanted = (split == TRAIN) | (split == CONTROL)
+    codes, groups = pd.factorize(keys[wanted])
+    indicator = sp.csr_matrix(
+        (np.ones(len(codes)), (codes, np.flatnonzero(wanted))), shape=(len(groups), screen.n_obs)
+    )
+    sums = _dense(indicator @ screen.X)
+    means = sums / np.bincount(codes)[:, None]
+    by_group = dict(zip(groups, means, strict=True))
+    control_means = {name: by_group[(name, CONTROL)] for name in split_manifest["cell_lines"]}
+    train_means = {key: mean for key, mean in by_group.items() if key[1] != CONTROL}
     return train_means, control_means
 
 
@@ -202,8 +205,7 @@ def predict_baselines(
       (line, perturbation).
     Shifted cells are clipped at zero like the models' ReLU output.
     """
-    expression = _dense(screen.X)
-    train_means, control_means = _group_means(screen, expression, split_manifest)
+    train_means, control_means = _group_means(screen, split_manifest)
     shifts = {key: mean - control_means[key[0]] for key, mean in train_means.items()}
     keys_with_embedding = [key for key in shifts if key[1] in perturbation_embeddings.index]
     ridge = Ridge(alpha=float(reporting["ridge_alpha"]))
@@ -224,7 +226,7 @@ def predict_baselines(
     blocks, obs_rows, fallbacks = [], [], []
     for index, group in enumerate(sampler.groups):
         _, control_rows = sampler.group_sentences(index, rng)
-        controls = expression[control_rows]
+        controls = _dense(screen.X[control_rows])
         elsewhere = [
             shift
             for (line, name), shift in shifts.items()
@@ -268,7 +270,6 @@ def evaluate_predictions(
     test perturbation's cells and the controls.
     """
     obs = screen.obs
-    expression = _dense(screen.X)
     methods = (
         predictions.obs["method"]
         if "method" in predictions.obs
@@ -276,10 +277,12 @@ def evaluate_predictions(
     )
     rows = []
     for line in predictions.obs["cell_line"].unique():
-        in_line = (obs["cell_line"] == line).to_numpy()
-        controls = expression[in_line & (obs["split"] == CONTROL).to_numpy()]
-        real_line = expression[in_line & (obs["split"] == TEST).to_numpy()]
-        fitted = np.vstack([real_line, controls])
+        # Only this line's test and control cells are made dense.
+        in_line = ((obs["cell_line"] == line) & obs["split"].isin([TEST, CONTROL])).to_numpy()
+        line_obs = obs[in_line]
+        expression = _dense(screen.X[in_line])
+        controls = expression[(line_obs["split"] == CONTROL).to_numpy()]
+        fitted = np.vstack([expression[(line_obs["split"] == TEST).to_numpy()], controls])
         pca = PCA(
             n_components=min(int(reporting["n_pcs"]), *fitted.shape),
             svd_solver="full",
@@ -289,9 +292,9 @@ def evaluate_predictions(
             predictions.obs["cell_line"] == line, "perturbation"
         ].unique():
             real = expression[
-                in_line
-                & (obs["perturbation"] == perturbation).to_numpy()
-                & (obs["split"] == TEST).to_numpy()
+                (
+                    (line_obs["perturbation"] == perturbation) & (line_obs["split"] == TEST)
+                ).to_numpy()
             ]
             real_pca = pca.transform(real)
             selected = (
