@@ -33,23 +33,34 @@ def main() -> None:
     from ptrag_kedro.pipelines.reporting.nodes import evaluate_predictions
 
     screen = ad.read_h5ad(PROJECT_ROOT / "data/03_primary/screen.h5ad")
-    predictions = ad.read_h5ad(PROJECT_ROOT / f"data/07_model_output/{args.variant}/predictions.h5ad")
+    predictions = ad.read_h5ad(
+        PROJECT_ROOT / f"data/07_model_output/{args.variant}/predictions.h5ad"
+    )
     predictions = predictions[predictions.obs["seed"] == predictions.obs["seed"].min()].copy()
     manifest = json.loads((PROJECT_ROOT / "data/03_primary/split_manifest.json").read_text())
-    reporting = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_reporting.yml").read_text())["reporting"]
+    reporting = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_reporting.yml").read_text())[
+        "reporting"
+    ]
 
     start = time.perf_counter()
     ours = evaluate_predictions(predictions, screen, reporting)
     ours_seconds = time.perf_counter() - start
-    ours = ours[ours["level"] == "condition"].pivot_table(index="perturbation", columns="metric", values="value")
+    ours = ours[ours["level"] == "condition"].pivot_table(
+        index="perturbation", columns="metric", values="value"
+    )
 
     start = time.perf_counter()
-    pair = cell_eval_pair(predictions, screen, manifest["heldout_cell_line"], manifest["control_label"])
-    theirs = {name: getattr(cell_eval_metrics, name)(pair) for name in ("pearson_delta", "mse", "mae")}
+    pair = cell_eval_pair(
+        predictions, screen, manifest["heldout_cell_line"], manifest["control_label"]
+    )
+    theirs = {
+        name: getattr(cell_eval_metrics, name)(pair) for name in ("pearson_delta", "mse", "mae")
+    }
     theirs_seconds = time.perf_counter() - start
 
     differences = {
-        name: float(np.max([abs(ours.loc[p, name] - theirs[name][p]) for p in ours.index])) for name in ("pearson_delta", "mse", "mae")
+        name: float(np.max([abs(ours.loc[p, name] - theirs[name][p]) for p in ours.index]))
+        for name in ("pearson_delta", "mse", "mae")
     }
     print(
         json.dumps(

@@ -188,17 +188,27 @@ def test_comparison_has_every_method_and_no_nan(trained, prepared_inputs, tmp_pa
 
 def test_pearson_delta_and_mse_agree_with_cell_eval(trained, prepared_inputs) -> None:
     """cell-eval (Arc's metrics) on the same predictions: same numbers when its controls are ours."""
-    cell_eval_metrics = pytest.importorskip("cell_eval.metrics", reason="optional extra 'eval' not installed")
+    cell_eval_metrics = pytest.importorskip(
+        "cell_eval.metrics", reason="optional extra 'eval' not installed"
+    )
     from ptrag_kedro.metrics.cell_eval_bridge import cell_eval_pair
 
     screen = prepared_inputs["screen"]
     predictions = _predict(trained["state"], prepared_inputs)
     ours = evaluate_predictions(predictions, screen, REPORTING)
-    ours = ours[ours["level"] == "condition"].pivot_table(index="perturbation", columns="metric", values="value")
-    pair = cell_eval_pair(predictions, screen, prepared_inputs["split_manifest"]["heldout_cell_line"], "non-targeting")
+    ours = ours[ours["level"] == "condition"].pivot_table(
+        index="perturbation", columns="metric", values="value"
+    )
+    pair = cell_eval_pair(
+        predictions, screen, prepared_inputs["split_manifest"]["heldout_cell_line"], "non-targeting"
+    )
     theirs_pearson = cell_eval_metrics.pearson_delta(pair)
     theirs_mse = cell_eval_metrics.mse(pair)
     assert set(theirs_pearson) == set(ours.index)
     for perturbation in ours.index:
-        assert ours.loc[perturbation, "pearson_delta"] == pytest.approx(theirs_pearson[perturbation], abs=1e-5)
-        assert ours.loc[perturbation, "mse"] == pytest.approx(theirs_mse[perturbation], rel=1e-4, abs=1e-7)
+        assert ours.loc[perturbation, "pearson_delta"] == pytest.approx(
+            theirs_pearson[perturbation], abs=1e-5
+        )
+        assert ours.loc[perturbation, "mse"] == pytest.approx(
+            theirs_mse[perturbation], rel=1e-4, abs=1e-7
+        )
