@@ -64,6 +64,9 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
 
     Args:
         filepath: the file.
+        optional: a missing file is not an error; ``_absent()`` says when to load the default.
+        write_only_under: if set, saving anywhere outside this folder is refused. Raw inputs
+            use it so the demo simulator can never overwrite a user's file.
         produced_by: the command that creates the file, named when it is missing.
         metadata: free-form metadata for plugins (kedro-viz), ignored here.
     """
@@ -75,10 +78,14 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
         self,
         *,
         filepath: str,
+        optional: bool = False,
+        write_only_under: str | None = None,
         produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._filepath = Path(filepath)
+        self._optional = optional
+        self._write_only_under = Path(write_only_under) if write_only_under else None
         self._produced_by = produced_by
         self.metadata = metadata
 
@@ -92,8 +99,19 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
                 f"{self._filepath}: no such {self.file_kind}{missing_hint(self._produced_by)}"
             )
 
+    def _absent(self) -> bool:
+        """An optional file that is not there: load the subclass's default instead."""
+        return self._optional and not self._filepath.is_file()
+
+    def _check_write_allowed(self) -> None:
+        check_write_allowed(self._filepath, self._write_only_under)
+
     def _exists(self) -> bool:
         return self._filepath.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return {
+            "filepath": str(self._filepath),
+            "optional": self._optional,
+            "write_only_under": str(self._write_only_under) if self._write_only_under else None,
+        }

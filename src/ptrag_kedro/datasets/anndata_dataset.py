@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import anndata as ad
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path, check_write_allowed
+from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +47,14 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
         produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(filepath=filepath, produced_by=produced_by, metadata=metadata)
+        super().__init__(
+            filepath=filepath,
+            write_only_under=write_only_under,
+            produced_by=produced_by,
+            metadata=metadata,
+        )
         self._load_args = dict(load_args or {})
         self._save_args = dict(save_args or {})
-        self._write_only_under = Path(write_only_under) if write_only_under else None
 
     def load(self) -> ad.AnnData:
         self._require_file()
@@ -68,7 +71,7 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
         return adata
 
     def save(self, data: ad.AnnData) -> None:
-        check_write_allowed(self._filepath, self._write_only_under)
+        self._check_write_allowed()
         # The source path is run-time context, not content: keep it out of the file.
         source_file = data.uns.pop(SOURCE_FILE_KEY, None)
         try:
@@ -84,5 +87,4 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
             **super()._describe(),
             "load_args": self._load_args,
             "save_args": self._save_args,
-            "write_only_under": str(self._write_only_under) if self._write_only_under else None,
         }

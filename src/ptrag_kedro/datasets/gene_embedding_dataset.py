@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path, check_write_allowed
+from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
 
 _PICKLE_SUFFIXES = (".pickle", ".pkl")
 _CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -85,13 +85,17 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
         produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(filepath=filepath, produced_by=produced_by, metadata=metadata)
-        self._optional = optional
+        super().__init__(
+            filepath=filepath,
+            optional=optional,
+            write_only_under=write_only_under,
+            produced_by=produced_by,
+            metadata=metadata,
+        )
         self._suffix = _suffix(self._filepath)
-        self._write_only_under = Path(write_only_under) if write_only_under else None
 
     def load(self) -> pd.DataFrame | None:
-        if self._optional and not self._filepath.is_file():
+        if self._absent():
             return None
         self._require_file()
         try:
@@ -118,7 +122,7 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
         return frame
 
     def save(self, data: pd.DataFrame) -> None:
-        check_write_allowed(self._filepath, self._write_only_under)
+        self._check_write_allowed()
         with atomic_write_path(self._filepath) as tmp_path:
             if self._suffix in _PICKLE_SUFFIXES:
                 mapping = {
@@ -135,4 +139,4 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
                 frame.to_parquet(tmp_path)
 
     def _describe(self) -> dict[str, Any]:
-        return {**super()._describe(), "format": self._suffix, "optional": self._optional}
+        return {**super()._describe(), "format": self._suffix}

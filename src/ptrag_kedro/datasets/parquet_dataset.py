@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 from kedro.io import DatasetError
 
@@ -22,19 +20,8 @@ class ParquetDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
 
     file_kind = "parquet file"
 
-    def __init__(
-        self,
-        *,
-        filepath: str,
-        optional: bool = False,
-        produced_by: str | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(filepath=filepath, produced_by=produced_by, metadata=metadata)
-        self._optional = optional
-
     def load(self) -> pd.DataFrame:
-        if self._optional and not self._filepath.is_file():
+        if self._absent():
             return pd.DataFrame()
         self._require_file()
         try:
@@ -45,6 +32,3 @@ class ParquetDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
     def save(self, data: pd.DataFrame) -> None:
         with atomic_write_path(self._filepath) as tmp_path:
             data.to_parquet(tmp_path)
-
-    def _describe(self) -> dict[str, Any]:
-        return {**super()._describe(), "optional": self._optional}
