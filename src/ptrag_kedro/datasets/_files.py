@@ -103,8 +103,12 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
         """An optional file that is not there: load the subclass's default instead."""
         return self._optional and not self._filepath.is_file()
 
-    def _check_write_allowed(self) -> None:
+    @contextlib.contextmanager
+    def _write_target(self) -> Iterator[Path]:
+        """Where ``save`` writes: refused outside ``write_only_under``, then atomic."""
         check_write_allowed(self._filepath, self._write_only_under)
+        with atomic_write_path(self._filepath) as tmp_path:
+            yield tmp_path
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

@@ -8,7 +8,7 @@ from typing import Any
 import anndata as ad
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
+from ptrag_kedro.datasets._files import LocalFileDataset
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,10 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
         return adata
 
     def save(self, data: ad.AnnData) -> None:
-        self._check_write_allowed()
         # The source path is run-time context, not content: keep it out of the file.
         source_file = data.uns.pop(SOURCE_FILE_KEY, None)
         try:
-            with atomic_write_path(self._filepath) as tmp_path:
+            with self._write_target() as tmp_path:
                 data.write_h5ad(tmp_path, **self._save_args)
         finally:
             if source_file is not None:

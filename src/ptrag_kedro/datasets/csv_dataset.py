@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
+from ptrag_kedro.datasets._files import LocalFileDataset
 
 
 class CSVDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
@@ -17,5 +17,5 @@ class CSVDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
         return pd.read_csv(self._filepath)
 
     def save(self, data: pd.DataFrame) -> None:
-        with atomic_write_path(self._filepath) as tmp_path:
+        with self._write_target() as tmp_path:
             data.to_csv(tmp_path, index=False)

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
+from ptrag_kedro.datasets._files import LocalFileDataset
 from ptrag_kedro.retrieval import RetrievalIndex
 
 
@@ -34,7 +34,7 @@ class FaissIndexDataset(LocalFileDataset[RetrievalIndex, RetrievalIndex]):
         return RetrievalIndex(index=index, names=names, provenance=provenance)
 
     def save(self, data: RetrievalIndex) -> None:
-        with atomic_write_path(self._filepath) as tmp_path:
+        with self._write_target() as tmp_path:
             with tmp_path.open("wb") as handle:
                 np.savez(
                     handle,

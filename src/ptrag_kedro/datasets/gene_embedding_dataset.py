@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
+from ptrag_kedro.datasets._files import LocalFileDataset
 
 _PICKLE_SUFFIXES = (".pickle", ".pkl")
 _CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -122,8 +122,7 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
         return frame
 
     def save(self, data: pd.DataFrame) -> None:
-        self._check_write_allowed()
-        with atomic_write_path(self._filepath) as tmp_path:
+        with self._write_target() as tmp_path:
             if self._suffix in _PICKLE_SUFFIXES:
                 mapping = {
                     str(symbol): row.tolist()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
+from ptrag_kedro.datasets._files import LocalFileDataset
 
 
 class ParquetDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
@@ -30,5 +30,5 @@ class ParquetDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
             raise DatasetError(f"{self._filepath}: unreadable parquet file: {exc}") from exc
 
     def save(self, data: pd.DataFrame) -> None:
-        with atomic_write_path(self._filepath) as tmp_path:
+        with self._write_target() as tmp_path:
             data.to_parquet(tmp_path)

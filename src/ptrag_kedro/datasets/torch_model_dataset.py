@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, atomic_write_path
+from ptrag_kedro.datasets._files import LocalFileDataset
 
 
 class TorchModelDataset(LocalFileDataset[dict[str, Any], dict[str, Any]]):
@@ -29,5 +29,5 @@ class TorchModelDataset(LocalFileDataset[dict[str, Any], dict[str, Any]]):
             raise DatasetError(f"{self._filepath}: unreadable model file: {reason}") from exc
 
     def save(self, data: dict[str, Any]) -> None:
-        with atomic_write_path(self._filepath) as tmp_path:
+        with self._write_target() as tmp_path:
             torch.save(data, tmp_path)
