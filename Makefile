@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast viz benchmark clean
+.PHONY: install run test lint test-fast viz benchmark clean
 
 install: $(VENV)/.installed
 
@@ -19,8 +19,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install            ## the whole default pipeline on the built-in demo screen
 	$(BIN)/kedro run
 
-test: install           ## the whole test suite (end-to-end runs included)
+LINTED := src tests benchmarks
+
+test: lint              ## style checks, then the whole test suite (end-to-end runs included)
 	$(BIN)/python -m pytest
+
+lint: install           ## ruff: lint rules and formatting (pyproject.toml [tool.ruff])
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 test-fast: install      ## skip the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"

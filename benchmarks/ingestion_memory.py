@@ -31,14 +31,16 @@ params["features"]["n_top_genes"] = n_top_genes
 start = time.perf_counter()
 raw = AnnDataDataset(filepath=raw_path).load()
 loaded = time.perf_counter()
+standardised = standardise_screen(raw, params["columns"])
 screen, manifest = split_screen(
-    select_features(standardise_screen(raw, params["columns"]), params["features"]), params["split"], None
+    select_features(standardised, params["features"]), params["split"], None
 )
 del raw
 AnnDataDataset(filepath=out_path).save(screen)
 done = time.perf_counter()
 print(json.dumps({"load_s": loaded - start, "ingest_and_save_s": done - loaded,
-                  "screen_shape": list(screen.shape), "feature_path": screen.uns["ptrag"]["features"]["path"]}))
+                  "screen_shape": list(screen.shape),
+                  "feature_path": screen.uns["ptrag"]["features"]["path"]}))
 """
 
 

@@ -5,7 +5,7 @@
 A step is forward + loss + backward + Adam update on a synthetic batch of the configuration's
 shape. ``ptrag_naive`` is PT-RAG computed the direct way (materialising the [B, S, K, 3H]
 concatenation for LayerNorm, scorer and projection), to measure what the exact algebraic
-decomposition in ``PTRAGRetrieval`` saves.
+decomposition in ``PTRAGRetrieval`` saves; ``response_rag`` reads 20 response slots.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ptrag_kedro.models import ModelConfig, PerturbationModel
 from ptrag_kedro.models import _constants as keys
-from ptrag_kedro.models.module import PTRAGRetrieval
+from ptrag_kedro.models.module import PTRAGRetrieval, RetrievalOutput
 
 CONFIGS = {
     # the demo defaults of conf/base/parameters_training.yml (500 HVGs in the demo screen)
@@ -47,13 +47,16 @@ CONFIGS = {
     },
 }
 N_TRAIN_PERTURBATIONS = 2000
+#: 3 other lines + 2 x 8 neighbours + the context
+RESPONSE_SLOTS = 20
 
 
 class NaivePTRAG(PTRAGRetrieval):
     """PT-RAG without the decomposition: the reference the fused block is measured against."""
 
-    def forward(self, cells, query, candidates, gate_mode="deterministic", **_):
+    def forward(self, cells, query, batch, encode, generator=None, **_):
         b, s, h = cells.shape
+        candidates = encode(batch[keys.CANDIDATES])
         k = candidates.shape[1]
         concatenation = torch.cat(
             [
@@ -63,10 +66,11 @@ class NaivePTRAG(PTRAGRetrieval):
             ],
             dim=-1,
         )  # [B, S, K, 3H]
-        logits = self.score_out(self.score_in(self.norm(concatenation)))
-        gates = F.gumbel_softmax(logits, tau=self.tau, hard=True)[..., 1]
-        retrieved = (gates[..., None] * self.project(concatenation)).sum(2)
-        return cells + query[:, None, :] + retrieved, gates
+        normalised = self.norm(concatenation)
+        logits = self._scale(self.score_out(self.score_in(normalised)))
+        gates = F.gumbel_softmax(logits, tau=self.config.tau, hard=True)[..., 1]
+        retrieved = (gates[..., None] * self.project(normalised)).sum(2)
+        return RetrievalOutput(retrieved, gates=gates, penalty=gates.mean())
 
 
 def _batch(shape: dict[str, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -74,15 +78,16 @@ def _batch(shape: dict[str, int], generator: torch.Generator) -> dict[str, torch
     rows = torch.randint(
         0, N_TRAIN_PERTURBATIONS, (shape["batch"], shape["k"] + 1), generator=generator
     )
+    size = (shape["batch"], shape["cells"], shape["genes"])
+    slots = (shape["batch"], RESPONSE_SLOTS)
     return {
-        keys.CONTROL: torch.rand(
-            shape["batch"], shape["cells"], shape["genes"], generator=generator
-        ),
-        keys.TARGET: torch.rand(
-            shape["batch"], shape["cells"], shape["genes"], generator=generator
-        ),
+        keys.CONTROL: torch.rand(*size, generator=generator),
+        keys.TARGET: torch.rand(*size, generator=generator),
         keys.PERTURBATION: table[rows[:, 0]],
         keys.CANDIDATES: table[rows[:, 1:]],  # looked up per sentence, as in training
+        keys.RESPONSES: torch.randn(*slots, shape["genes"], generator=generator) * 0.3,
+        keys.RESPONSE_FEATURES: torch.rand(*slots, keys.N_RESPONSE_FEATURES, generator=generator),
+        keys.RESPONSE_MASK: torch.ones(*slots, dtype=torch.bool),
     }
 
 
@@ -93,6 +98,7 @@ def step_time(variant: str, shape: dict[str, int], steps: int, warmup: int) -> f
         "vanilla_rag": "vanilla",
         "ptrag": "ptrag",
         "ptrag_naive": "ptrag",
+        "response_rag": "response",
     }[variant]
     config = ModelConfig(
         n_genes=shape["genes"],
@@ -132,7 +138,7 @@ def main() -> None:
     for name in args.config:
         timings = {
             variant: step_time(variant, CONFIGS[name], args.steps, args.warmup)
-            for variant in ("state", "vanilla_rag", "ptrag", "ptrag_naive")
+            for variant in ("state", "vanilla_rag", "ptrag", "ptrag_naive", "response_rag")
         }
         results[name] = {
             **{f"{variant}_s": round(seconds, 4) for variant, seconds in timings.items()},

@@ -11,7 +11,7 @@ import anndata as ad
 import pytest
 import yaml
 
-from ptrag_kedro.datasets.anndata_dataset import SOURCE_FILE_KEY
+from ptrag_kedro.schema import SOURCE_FILE_KEY
 from ptrag_kedro.simulation import SimulationConfig, simulate_screen
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,7 @@ def prepared_inputs(
         standardise_screen,
     )
     from ptrag_kedro.pipelines.retrieval_index.nodes import (
+        build_perturbation_responses,
         build_retrieval_index,
         find_retrieval_candidates,
     )
@@ -115,4 +116,56 @@ def prepared_inputs(
         "split_manifest": manifest,
         "perturbation_embeddings": embeddings,
         "retrieval_candidates": candidates,
+        "perturbation_responses": build_perturbation_responses(screen, manifest),
     }
+
+
+#: A backbone small enough for unit tests (shared by every variant, like `params:model`).
+TINY_BACKBONE: dict[str, Any] = {"hidden_dim": 16, "n_layers": 1, "n_heads": 2, "mlp_layers": 2}
+
+#: Every retrieval block with the settings a variant of it needs in the tiny tests.
+TINY_VARIANTS: dict[str, dict[str, Any]] = {
+    "state": {"model": {"retrieval": "none"}},
+    "vanilla_rag": {"model": {"retrieval": "vanilla"}, "candidates_k": 3},
+    "ptrag": {"model": {"retrieval": "ptrag"}, "candidates_k": 3},
+    "response_rag": {"model": {"retrieval": "response"}, "response_neighbours": 2},
+}
+
+
+def tiny_training(**overrides: Any) -> Any:
+    """Training parameters for a few CPU steps (tests override what they check)."""
+    from ptrag_kedro.parameters import TrainingParameters
+
+    settings = {
+        "seeds": [0],
+        "max_steps": 4,
+        "batch_size": 4,
+        "cell_set_size": 8,
+        "val_every_n_steps": 2,
+        "checkpoint_every_n_steps": 2,
+        "accelerator": "cpu",
+        "devices": 1,
+        "progress_bar": False,
+    }
+    return TrainingParameters(**{**settings, **overrides})
+
+
+def train_tiny(
+    inputs: dict[str, Any], checkpoint_dir: Path, variant: str = "ptrag", **training: Any
+) -> tuple[dict[str, Any], Any, Any]:
+    """Train one tiny variant with the training node."""
+    from ptrag_kedro.datasets import CheckpointDirectory
+    from ptrag_kedro.parameters import VariantParameters
+    from ptrag_kedro.pipelines.training.nodes import train_model
+
+    return train_model(
+        inputs["screen"],
+        inputs["perturbation_embeddings"],
+        inputs["retrieval_candidates"],
+        inputs["perturbation_responses"],
+        inputs["split_manifest"],
+        tiny_training(**training),
+        TINY_BACKBONE,
+        VariantParameters(**TINY_VARIANTS[variant]),
+        CheckpointDirectory(Path(checkpoint_dir)),
+    )

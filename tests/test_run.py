@@ -21,7 +21,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.io import DatasetError
 
-from tests.conftest import PROJECT_ROOT, TINY_SIMULATION
+from tests.conftest import PROJECT_ROOT, TINY_BACKBONE, TINY_SIMULATION, TINY_VARIANTS
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +43,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "max_steps": 2,
             "batch_size": 4,
             "cell_set_size": 8,
-            "k": 3,
             "val_every_n_steps": 2,
             "checkpoint_every_n_steps": 2,
             "progress_bar": False,
         },
-        **{
-            variant: {"model": {"hidden_dim": 16, "n_heads": 2, "n_layers": 1}}
-            for variant in ("state", "vanilla_rag", "ptrag")
-        },
+        "model": TINY_BACKBONE,
+        "variants": TINY_VARIANTS,
+        "reporting": {"n_pcs": 10},
     }
     (tmp_path / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(overrides))
     monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
@@ -70,7 +68,24 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+VARIANTS = list(TINY_VARIANTS)
+BASELINES = ["control_mean", "perturbation_mean", "context", "linear", "line_linear"]
+N_METRICS = 9
+
+
+def _add_variant_in_parameters(project: Path) -> None:
+    """A fifth variant written in conf/local only: PT-RAG in our first (residual, argmax) form."""
+    path = project / "conf" / "local" / "parameters.yml"
+    parameters = yaml.safe_load(path.read_text())
+    parameters["variants"]["ptrag_residual"] = {
+        "model": {"retrieval": "ptrag", "retrieval_form": "residual", "gate_inference": "argmax"},
+        "candidates_k": 2,
+    }
+    path.write_text(yaml.safe_dump(parameters))
+
+
 def test_default_kedro_run_on_demo(project: Path) -> None:
+    _add_variant_in_parameters(project)
     _run(project)
     screen = ad.read_h5ad(project / "data/03_primary/screen.h5ad")
     manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
@@ -85,43 +100,43 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     assert embeddings.attrs["screen_fingerprint"] == manifest["screen_fingerprint"]
     candidates = pd.read_parquet(project / "data/05_model_input/retrieval_candidates.parquet")
     assert (candidates.groupby("perturbation").size() == 5).all()
+    responses = pd.read_parquet(project / "data/05_model_input/perturbation_responses.parquet")
+    train = {(line, g) for line, entry in manifest["cell_lines"].items() for g in entry["train"]}
+    assert set(zip(responses["cell_line"], responses["perturbation"], strict=True)) == train
     diagnostics = json.loads((project / "data/08_reporting/retrieval_diagnostics.json").read_text())
     assert (
         diagnostics["module_precision"]["precision"]
         > diagnostics["module_precision"]["random_expectation"]
     )
-    assert (project / "data/08_reporting/retrieval_diagnostics.png").stat().st_size > 10_000
-    for variant in ("state", "vanilla_rag", "ptrag"):
+    variants = [*VARIANTS, "ptrag_residual"]
+    for variant in variants:
         record = torch.load(project / f"data/06_models/{variant}/model.pt", weights_only=True)
-        assert (
-            record["steps"] == {"0": 2}
-            and record["provenance"]["screen_fingerprint"] == manifest["screen_fingerprint"]
-        )
+        assert record["steps"] == {"0": 2}
+        assert record["provenance"]["screen_fingerprint"] == manifest["screen_fingerprint"]
         history = pd.read_parquet(project / f"data/08_reporting/{variant}/loss_history.parquet")
         assert list(history["split"]) == ["train", "train", "val"]
-        assert (project / f"data/08_reporting/{variant}/loss.png").is_file()
+        assert (project / f"data/06_models/{variant}/checkpoints/seed_0/last.ckpt").is_file()
+        gates = pd.read_parquet(project / f"data/07_model_output/{variant}/gates.parquet")
+        assert gates.empty == (variant in ("state", "vanilla_rag"))
+    residual = torch.load(project / "data/06_models/ptrag_residual/model.pt", weights_only=True)
+    assert residual["config"]["retrieval_form"] == "residual"
     comparison = pd.read_csv(project / "data/08_reporting/comparison.csv")
-    assert set(comparison["method"]) == {
-        "state",
-        "vanilla_rag",
-        "ptrag",
-        "control_mean",
-        "perturbation_mean",
-        "linear",
-    }
-    assert len(comparison) == 6 * 8 and not comparison[["mean", "sd", "median"]].isna().any().any()
+    assert list(dict.fromkeys(comparison["method"])) == [*variants, *BASELINES]
+    assert len(comparison) == len(variants + BASELINES) * N_METRICS
+    assert not comparison[["mean", "sd", "median"]].isna().any().any()
+    assert "pearson_delta_context" in set(comparison["metric"])
+    paired = pd.read_csv(project / "data/08_reporting/paired_tests.csv")
+    assert set(paired["method"]) == set(variants)
+    assert set(paired.loc[paired["role"] == "reference", "comparator"]) == {"state"}
     report = (project / "data/08_reporting/comparison.md").read_text()
-    assert "| ptrag |" in report and "w1 ↓" in report and "## Retrieval" in report
-    for plot in (
-        "comparison_metrics.png",
-        "w1_ptrag_vs_state.png",
-        "loss_curves.png",
-        "ptrag_gates.png",
-    ):
+    assert "| ptrag_residual |" in report and "w1 ↓" in report and "## Paired tests" in report
+    for plot in ("comparison_metrics.png", "w1_vs_reference.png", "loss_curves.png", "gates.png"):
         assert (project / "data/08_reporting" / plot).stat().st_size > 10_000, plot
     assert json.loads((project / "data/08_reporting/comparison_metrics.json").read_text())["data"]
     predictions = ad.read_h5ad(project / "data/07_model_output/ptrag/predictions.h5ad")
-    assert {"perturbation", "cell_line", "seed", "kind"} <= set(predictions.obs.columns)
+    assert {"perturbation", "cell_line", "seed", "kind", "control_cell"} <= set(
+        predictions.obs.columns
+    )
     assert (project / "data/07_model_output/baselines/predictions.h5ad").is_file()
 
     # The notebook reads the catalog and draws its figure; kedro-viz builds every pipeline.
@@ -160,13 +175,13 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     assert (project / "build" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("variant", ["state", "vanilla_rag", "ptrag"])
-def test_registered_training_pipeline_runs(project: Path, variant: str) -> None:
+def test_registered_training_pipelines_run(project: Path) -> None:
     _run(project, "demo")
     _run(project, "analysis", {"heldout_cell_line": "rpe1"})
-    before = (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns
-    _run(project, f"train_{variant}")
-    assert (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns > before
+    for variant in VARIANTS:
+        before = (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns
+        _run(project, f"train_{variant}")
+        assert (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns > before
 
 
 def test_training_on_a_fresh_clone_names_the_command_to_run_first(project: Path) -> None:
@@ -290,7 +305,7 @@ def test_registry_names_every_pipeline() -> None:
         "analysis",
         "__default__",
     } <= set(pipelines)
-    assert {"train_state", "train_vanilla_rag", "train_ptrag", "reporting"} <= set(pipelines)
+    assert {f"train_{variant}" for variant in VARIANTS} | {"reporting"} <= set(pipelines)
     default_nodes = {node.name for node in pipelines["__default__"].nodes}
     assert "simulate_demo_screen" in default_nodes and "split_screen" in default_nodes
     assert "simulate_demo_screen" not in {node.name for node in pipelines["analysis"].nodes}

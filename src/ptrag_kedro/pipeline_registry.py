@@ -13,27 +13,29 @@ from ptrag_kedro.pipelines import (
     retrieval_index,
     training,
 )
+from ptrag_kedro.variants import variant_names
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Every pipeline package, plus ``analysis`` and ``__default__``.
+    """Every pipeline package, ``train_<variant>`` per variant, ``analysis``, ``__default__``.
 
     The packages are listed here rather than found with ``find_pipelines``: since Kedro 1.5,
     ``find_pipelines`` under ``kedro run --pipeline=NAME`` imports only a package called NAME, and
     composite names (``analysis``, ``__default__``, the per-variant training instances) are not
-    packages.
+    packages. The variants are the keys of the run's ``variants`` parameter.
     """
+    variants = variant_names()
     pipelines = {
         "demo": demo.create_pipeline(),
         "download": download.create_pipeline(),
         "ingestion": ingestion.create_pipeline(),
         "genept": genept.create_pipeline(),
         "retrieval_index": retrieval_index.create_pipeline(),
-        "reporting": reporting.create_pipeline(),
+        "reporting": reporting.create_pipeline(variants),
     }
-    for variant in training.VARIANTS:
+    for variant in variants:
         pipelines[f"train_{variant}"] = training.variant_pipeline(variant)
-    pipelines["training"] = training.create_pipeline()
+    pipelines["training"] = training.create_pipeline(variants)
     # Everything that reads the raw screen, in run order: works on any screen.
     pipelines["analysis"] = (
         pipelines["ingestion"]

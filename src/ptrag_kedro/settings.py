@@ -2,6 +2,10 @@
 
 from kedro.config import OmegaConfigLoader
 
+from ptrag_kedro.hooks import VariantRegistryHooks
+
+HOOKS = (VariantRegistryHooks(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -13,7 +13,7 @@ import pytest
 from kedro.io import DatasetError
 
 from ptrag_kedro.datasets import AnnDataDataset, GeneEmbeddingDataset, JSONDataset
-from ptrag_kedro.datasets.anndata_dataset import SOURCE_FILE_KEY
+from ptrag_kedro.schema import SOURCE_FILE_KEY
 
 
 def _leftovers(folder: Path) -> list[str]:

@@ -13,13 +13,17 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error
 
 from ptrag_kedro.metrics import (
     METRICS,
+    MetricInputs,
     de_overlap,
     energy,
     evaluate,
     mae,
+    metric_registry,
     mmd,
     mse,
+    paired_test,
     pearson_delta,
+    pearson_delta_context,
     w1,
     w2,
 )
@@ -76,10 +80,9 @@ def test_energy_matches_scipy_in_1d_and_brute_force_in_nd() -> None:
     assert energy(X, Y) == pytest.approx(expected, rel=1e-10)
 
 
-def test_mmd_matches_brute_force() -> None:
-    pooled = np.vstack([X, Y])
-    distances = [np.linalg.norm(p - q) for i, p in enumerate(pooled) for q in pooled[i + 1 :]]
-    sigma = np.median(distances)
+def test_mmd_matches_brute_force_with_the_real_cells_bandwidth() -> None:
+    distances = [np.linalg.norm(p - q) for i, p in enumerate(X) for q in X[i + 1 :]]
+    sigma = np.median(distances)  # from the real cells only: every method meets this kernel
 
     def kernel_mean(a, b):
         return np.mean(
@@ -88,6 +91,8 @@ def test_mmd_matches_brute_force() -> None:
 
     expected = kernel_mean(X, X) + kernel_mean(Y, Y) - 2 * kernel_mean(X, Y)
     assert mmd(X, Y) == pytest.approx(expected, rel=1e-10)
+    # a far-away prediction does not widen the kernel it is judged with
+    assert mmd(X, Y + 100.0) == pytest.approx(kernel_mean(X, X) + kernel_mean(Y, Y), rel=1e-9)
 
 
 def test_expression_metrics_match_scipy_and_sklearn() -> None:
@@ -99,6 +104,12 @@ def test_expression_metrics_match_scipy_and_sklearn() -> None:
     assert mse(real, predicted) == pytest.approx(mean_squared_error(real, predicted), rel=1e-12)
     assert mae(real, predicted) == pytest.approx(mean_absolute_error(real, predicted), rel=1e-12)
     assert pearson_delta(real, control, control) == 0.0  # predicting no change: 0, not NaN
+    perturbed = rng.random(200)
+    assert pearson_delta_context(real, predicted, perturbed) == pytest.approx(
+        pearsonr(real - perturbed, predicted - perturbed)[0], rel=1e-12
+    )
+    # copying the line's average perturbed cell has no perturbation-specific signal
+    assert pearson_delta_context(real, perturbed, perturbed) == 0.0
 
 
 def test_de_overlap_known_cases() -> None:
@@ -120,8 +131,52 @@ def test_de_overlap_known_cases() -> None:
 
 def test_evaluate_runs_every_registered_metric_and_validates() -> None:
     genes = np.random.default_rng(4).random((30, 12))
-    values = evaluate(genes[:10], genes[10:20], genes[20:], X[:10], Y[:10])
+
+    def inputs(**overrides) -> MetricInputs:
+        settings = {
+            "real_genes": genes[:10],
+            "predicted_genes": genes[10:20],
+            "control_genes": genes[20:],
+            "perturbed_mean": genes[:20].mean(0),
+            "real_pca": X[:10],
+            "predicted_pca": Y[:10],
+        }
+        return MetricInputs(**{**settings, **overrides})
+
+    values = evaluate(inputs(), METRICS)
     assert set(values) == set(METRICS) and all(np.isfinite(list(values.values())))
     assert METRICS["w1"].arrow == "↓" and METRICS["pearson_delta"].arrow == "↑"
     with pytest.raises(ValueError, match="gene dimensions differ"):
-        evaluate(genes[:10], genes[10:20, :5], genes[20:], X, Y)
+        inputs(predicted_genes=genes[10:20, :5])
+    registry = metric_registry(n_pcs=7, de_top_n=20)
+    assert "de_overlap@20" in registry and "first 7 PCs" in registry["w1"].description
+    assert registry["de_overlap@20"].chance(200) == pytest.approx(0.1)
+    assert registry["w1"].chance is None
+
+
+def _exact_two_sided_p(differences: np.ndarray) -> float:
+    """Signed-rank p-value by enumerating all 2^n sign assignments (no ties, no zeros)."""
+    ranks = np.argsort(np.argsort(np.abs(differences))) + 1
+    observed = ranks[differences > 0].sum()
+    centre = ranks.sum() / 2
+    sums = [
+        sum(rank for rank, positive in zip(ranks, signs, strict=True) if positive)
+        for signs in itertools.product([False, True], repeat=len(ranks))
+    ]
+    return float(np.mean([abs(total - centre) >= abs(observed - centre) for total in sums]))
+
+
+def test_paired_test_matches_an_exact_enumeration() -> None:
+    rng = np.random.default_rng(5)
+    reference = rng.random(11)
+    values = reference - 0.2 + rng.normal(0, 0.15, 11)  # mostly lower
+    result = paired_test(values, reference, higher_is_better=False)
+    assert result["p_value"] == pytest.approx(_exact_two_sided_p(values - reference), rel=1e-9)
+    assert result["n_conditions"] == 11
+    assert result["mean_difference"] == pytest.approx(np.mean(values - reference))
+    assert result["better_fraction"] == pytest.approx(np.mean(values < reference))
+    flipped = paired_test(values, reference, higher_is_better=True)
+    assert flipped["better_fraction"] == pytest.approx(1 - result["better_fraction"])
+    with_gaps = paired_test(np.append(values, np.nan), np.append(reference, 1.0), False)
+    assert with_gaps["n_conditions"] == 11 and with_gaps["p_value"] == result["p_value"]
+    assert paired_test(reference, reference, False)["p_value"] == 1.0

@@ -36,7 +36,10 @@ def responses(tiny_config: SimulationConfig) -> tuple[dict, dict, pd.DataFrame]:
     gene is left out of comparisons (its knockdown is tested separately), and so are lowly
     expressed genes.
     """
-    config = SimulationConfig.from_params({**tiny_config.to_dict(), "cells_per_perturbation": 120})
+    # The perturbation-specific biology, without the line-wide systematic shift (tested apart).
+    config = SimulationConfig.from_params(
+        {**tiny_config.to_dict(), "cells_per_perturbation": 120, "systematic_effect": 0.0}
+    )
     plan = plan_screen(config)
     screen = simulate_screen(plan)
     expression = _log_normalised(screen)
@@ -164,6 +167,36 @@ def test_some_perturbations_are_weak(responses) -> None:
     weak = genes.loc[[key[1] for key in shifts], "effect_strength"].to_numpy() < 0.1
     assert weak.any() and (~weak).any()
     assert np.median(signal[weak]) < 0.3 * np.median(signal[~weak])
+
+
+def test_systematic_shift_of_perturbed_cells(tiny_config: SimulationConfig) -> None:
+    """Perturbed cells of a line share a shift from its controls; controls are untouched."""
+    settings = {**tiny_config.to_dict(), "cells_per_perturbation": 120}
+    without = simulate_screen(SimulationConfig.from_params({**settings, "systematic_effect": 0.0}))
+    with_shift = simulate_screen(
+        SimulationConfig.from_params({**settings, "systematic_effect": 1.0})
+    )
+    obs = with_shift.obs
+    assert obs.equals(without.obs)
+    is_control = (obs["gene"] == CONTROL_LABEL).to_numpy()
+    assert (with_shift.X[is_control] != without.X[is_control]).nnz == 0
+    assert (with_shift.X[~is_control] != without.X[~is_control]).nnz > 0
+
+    def mean_pairwise_correlation(screen: ad.AnnData) -> float:
+        """Between the shifts of different perturbations of one line (half the controls each)."""
+        expression, values = _log_normalised(screen), []
+        line = (obs["cell_line"] == "k562").to_numpy()
+        controls = expression[line & is_control]
+        halves = controls[: len(controls) // 2].mean(0), controls[len(controls) // 2 :].mean(0)
+        names = [name for name in obs.loc[line, "gene"].unique() if name != CONTROL_LABEL]
+        shifts = [expression[line & (obs["gene"] == name).to_numpy()].mean(0) for name in names]
+        for i, first in enumerate(shifts):
+            for second in shifts[i + 1 :]:
+                values.append(np.corrcoef(first - halves[0], second - halves[1])[0, 1])
+        return float(np.mean(values))
+
+    # Without it, unrelated perturbations barely correlate; with it, they all share a direction.
+    assert mean_pairwise_correlation(with_shift) > mean_pairwise_correlation(without) + 0.2
 
 
 def test_same_seed_same_file(tmp_path: Path, tiny_config: SimulationConfig) -> None:

@@ -1,6 +1,8 @@
-"""Custom Kedro datasets: h5ad, JSON, parquet (atomic), gene-embedding files and faiss indexes, torch models."""
+"""Custom Kedro datasets: h5ad, JSON, parquet, CSV (atomic), gene-embedding files, faiss indexes,
+torch models and checkpoint folders."""
 
 from ptrag_kedro.datasets.anndata_dataset import AnnDataDataset
+from ptrag_kedro.datasets.checkpoint_dataset import CheckpointDirectory, CheckpointDirectoryDataset
 from ptrag_kedro.datasets.csv_dataset import CSVDataset
 from ptrag_kedro.datasets.faiss_dataset import FaissIndexDataset
 from ptrag_kedro.datasets.gene_embedding_dataset import GeneEmbeddingDataset
@@ -10,6 +12,8 @@ from ptrag_kedro.datasets.torch_model_dataset import TorchModelDataset
 
 __all__ = [
     "AnnDataDataset",
+    "CheckpointDirectory",
+    "CheckpointDirectoryDataset",
     "CSVDataset",
     "FaissIndexDataset",
     "GeneEmbeddingDataset",

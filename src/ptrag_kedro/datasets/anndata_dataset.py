@@ -9,11 +9,9 @@ import anndata as ad
 from kedro.io import DatasetError
 
 from ptrag_kedro.datasets._files import LocalFileDataset
+from ptrag_kedro.schema import SOURCE_FILE_KEY
 
 logger = logging.getLogger(__name__)
-
-#: ``uns`` key where a loaded AnnData remembers its file, so validation errors can name it.
-SOURCE_FILE_KEY = "ptrag_source_file"
 
 
 class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 def cell_eval_pair(
     predictions: ad.AnnData, screen: ad.AnnData, cell_line: str, control_label: str
 ) -> Any:
-    """A ``cell_eval`` ``PerturbationAnndataPair`` of one line: real test + control cells vs predicted."""
+    """A cell-eval ``PerturbationAnndataPair`` of one line: real test + control vs predicted."""
     from cell_eval._types import PerturbationAnndataPair
 
     obs = screen.obs

@@ -48,11 +48,12 @@ def energy(real: np.ndarray, predicted: np.ndarray) -> float:
 def mmd(real: np.ndarray, predicted: np.ndarray) -> float:
     """Squared MMD (biased V-statistic) with an RBF kernel, bandwidth by the median heuristic.
 
-    The bandwidth is the median pairwise distance of the pooled sample, so the value is
-    scale-free; identical sets give 0.
+    The bandwidth is the median pairwise distance among the *real* cells, so every method
+    compared on one condition meets the same kernel; identical sets give 0.
     """
-    pooled = np.vstack([real, predicted])
-    bandwidth = float(np.median(pdist(pooled)))
+    if len(real) < 2:
+        raise ValueError("mmd needs at least two real cells for its bandwidth")
+    bandwidth = float(np.median(pdist(real)))
     if bandwidth == 0.0:
         return 0.0
     scale = 2.0 * bandwidth**2

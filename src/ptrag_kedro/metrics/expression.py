@@ -5,17 +5,36 @@ from __future__ import annotations
 import numpy as np
 
 
-def pearson_delta(
-    real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray
+def _shift_correlation(
+    real_mean: np.ndarray, predicted_mean: np.ndarray, reference: np.ndarray
 ) -> float:
-    """Pearson r between the predicted and the real mean shift from control, over genes.
+    """Pearson r over genes of the real and predicted shifts from ``reference``.
 
     A prediction of no change (a constant shift) has no correlation to speak of: 0, not NaN.
     """
-    real_delta, predicted_delta = real_mean - control_mean, predicted_mean - control_mean
+    real_delta, predicted_delta = real_mean - reference, predicted_mean - reference
     if np.ptp(real_delta) == 0 or np.ptp(predicted_delta) == 0:
         return 0.0
     return float(np.corrcoef(real_delta, predicted_delta)[0, 1])
+
+
+def pearson_delta(
+    real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray
+) -> float:
+    """Pearson r between the predicted and the real mean shift from control, over genes."""
+    return _shift_correlation(real_mean, predicted_mean, control_mean)
+
+
+def pearson_delta_context(
+    real_mean: np.ndarray, predicted_mean: np.ndarray, perturbed_mean: np.ndarray
+) -> float:
+    """Pearson r of the predicted and real shift from the line's average *perturbed* cell.
+
+    Systema's perturbation-specific signal (Viñas Torné et al. 2025): the line-wide systematic
+    shift that every perturbation shares cancels, so copying the line's perturbed cells scores
+    about 0 here while it scores well on ``pearson_delta``.
+    """
+    return _shift_correlation(real_mean, predicted_mean, perturbed_mean)
 
 
 def mse(real_mean: np.ndarray, predicted_mean: np.ndarray) -> float:
@@ -31,7 +50,7 @@ def mae(real_mean: np.ndarray, predicted_mean: np.ndarray) -> float:
 def de_overlap(
     real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray, n_top: int = 100
 ) -> float:
-    """Overlap of the top-N genes by absolute mean shift from control (real vs predicted), in [0, 1].
+    """Overlap of the top-N genes by absolute mean shift from control (real, predicted): [0, 1].
 
     Only genes that actually move count as "top" genes, on either side, and N is capped at the
     number of genes the real perturbation moves: a perfect prediction scores 1, predicting no

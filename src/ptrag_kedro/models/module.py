@@ -1,16 +1,18 @@
 """The torch module: STATE's set-to-set backbone with a swappable retrieval block.
 
-STATE, vanilla RAG and PT-RAG are one :class:`PerturbationModel` built with a different
-``retrieval`` in :class:`ModelConfig`; nothing else differs. Pure ``nn.Module``s: no AnnData,
-files or trainer here. Shapes: B sentences, S cells per sentence, K candidates, G genes,
-E embedding dimension, H hidden width.
+STATE, vanilla RAG, PT-RAG and response retrieval are one :class:`PerturbationModel` built with a
+different ``retrieval`` in :class:`ModelConfig`; nothing else differs. Pure ``nn.Module``s: no
+AnnData, files or trainer here. Shapes: B sentences, S cells per sentence, K candidates, R
+response slots, G genes, E embedding dimension, H hidden width.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,28 @@ from torch import nn
 from ptrag_kedro.models import _constants as keys
 from ptrag_kedro.models.energy import energy_distance
 
-RetrievalKind = Literal["none", "vanilla", "ptrag"]
-GateMode = Literal["deterministic", "sampled"]
+RetrievalKind = Literal["none", "vanilla", "ptrag", "response"]
+#: replace: the retrieval output *is* the transformer input (the authors' form);
+#: residual: it is added to the STATE input (a cell keeps its own state whatever is retrieved).
+RetrievalForm = Literal["replace", "residual"]
+#: How PT-RAG's gates are set outside training: a seeded Gumbel sample (the authors'), the keep
+#: probability itself, or the more likely choice.
+GateInference = Literal["sampled", "expected", "argmax"]
+#: What PT-RAG sums over kept candidates: Linear (with bias) of the LayerNorm'd concatenation
+#: (the authors'), or a bias-free Linear of the raw concatenation (our first form).
+GateProjection = Literal["layernorm", "raw"]
+#: Gate logits divided by their standard deviation over each sentence, over the whole batch (the
+#: authors' scope), or left alone.
+GateLogitNorm = Literal["sentence_std", "batch_std", "none"]
+#: What the response block's gate reads: each slot's features (kind, similarity, cell count)
+#: only; those and the slot's response with the sentence's cells; or also the query embedding.
+ResponseGate = Literal["features", "content", "query"]
+
+
+def _check_choice(name: str, value: Any, kind: Any) -> None:
+    choices = get_args(kind)
+    if value not in choices:
+        raise ValueError(f"model.{name} must be one of {', '.join(choices)}, not '{value}'")
 
 
 @dataclass(frozen=True)
@@ -35,20 +57,43 @@ class ModelConfig:
     mlp_layers: int = 2
     dropout: float = 0.0
     retrieval: RetrievalKind = "none"
-    #: PT-RAG gate temperature and the weight of the mean-gate penalty in the loss
+    retrieval_form: RetrievalForm = "replace"
+    #: PT-RAG gate temperature, and the weight of the mean-gate penalty in the loss
     tau: float = 0.5
     sparsity_weight: float = 0.1
+    gate_logit_norm: GateLogitNorm = "sentence_std"
+    gate_projection: GateProjection = "layernorm"
+    gate_inference: GateInference = "sampled"
+    #: the loss is energy_scale x energy distance (+ the penalty): 0.5 is geomloss's energy loss,
+    #: the authors' scale, so their sparsity_weight 0.1 weighs what it weighed there
+    energy_scale: float = 0.5
+    response_gate: ResponseGate = "features"
+    #: initial per-gene gain of the retrieved shift added to the output (0: training starts
+    #: from STATE; 1: from "controls + retrieved shift")
+    response_gain_init: float = 0.0
+    #: in training, hide all slots of one kind from a sentence with this probability (per kind),
+    #: so the model also learns to predict when a source is missing (e.g. a gene screened in
+    #: no other line)
+    response_dropout: float = 0.0
     #: >0 adds a learned embedding of each control cell's batch (gem group)
     n_batches: int = 0
 
     def __post_init__(self) -> None:
-        if self.retrieval not in ("none", "vanilla", "ptrag"):
-            raise ValueError(
-                f"model.retrieval must be none, vanilla or ptrag, not '{self.retrieval}'"
-            )
+        _check_choice("retrieval", self.retrieval, RetrievalKind)
+        _check_choice("retrieval_form", self.retrieval_form, RetrievalForm)
+        _check_choice("gate_inference", self.gate_inference, GateInference)
+        _check_choice("gate_projection", self.gate_projection, GateProjection)
+        _check_choice("gate_logit_norm", self.gate_logit_norm, GateLogitNorm)
+        _check_choice("response_gate", self.response_gate, ResponseGate)
         if self.hidden_dim % self.n_heads:
             raise ValueError(
                 f"model.hidden_dim {self.hidden_dim} is not divisible by n_heads {self.n_heads}"
+            )
+        if not 0.0 <= self.response_dropout < 1.0:
+            raise ValueError("model.response_dropout must be in [0, 1)")
+        if self.tau <= 0 or self.energy_scale <= 0 or self.sparsity_weight < 0:
+            raise ValueError(
+                "model.tau and model.energy_scale must be > 0 and model.sparsity_weight >= 0"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,11 +101,24 @@ class ModelConfig:
 
 
 @dataclass
+class RetrievalOutput:
+    """What a retrieval block hands back to the backbone."""
+
+    transformer_input: torch.Tensor  # [B, S, H]
+    gates: torch.Tensor | None = None  # [B, S, K] how much each cell used each candidate
+    penalty: torch.Tensor | None = None  # scalar, weighted by sparsity_weight in the loss
+    output_shift: torch.Tensor | None = None  # [B, G] added to the decoder's output
+    kept_fraction: torch.Tensor | None = None  # scalar for the logs: how much was retrieved
+
+
+@dataclass
 class ModelOutput:
     """Predicted cells and what the retrieval block decided."""
 
     predicted: torch.Tensor  # [B, S, G]
-    gates: torch.Tensor | None = None  # [B, S, K] PT-RAG keep (1) / skip (0)
+    gates: torch.Tensor | None = None  # [B, S, K]
+    penalty: torch.Tensor | None = None
+    kept_fraction: torch.Tensor | None = None
 
 
 @dataclass
@@ -68,7 +126,7 @@ class LossOutput:
     """The loss to minimise and its named parts (logged alike for every variant)."""
 
     total: torch.Tensor
-    energy: torch.Tensor
+    energy: torch.Tensor  # the energy distance itself (not scaled)
     sparsity: torch.Tensor
 
 
@@ -85,6 +143,9 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+
 class NoRetrieval(nn.Module):
     """STATE: the transformer input is the cell representation plus the perturbation's."""
 
@@ -92,66 +153,83 @@ class NoRetrieval(nn.Module):
         super().__init__()
 
     def forward(
-        self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor | None, **_: Any
-    ) -> tuple[torch.Tensor, None]:
-        return cells + query[:, None, :], None  # [B, S, H]
+        self, cells: torch.Tensor, query: torch.Tensor, batch: dict, encode: Encoder, **_: Any
+    ) -> RetrievalOutput:
+        return RetrievalOutput(cells + query[:, None, :])  # [B, S, H]
 
 
 class VanillaRetrieval(nn.Module):
-    """Cross-attention from every cell to its query's K retrieved candidates.
+    """Cross-attention from every cell to its query's K retrieved candidates (the authors' form).
 
-    The attended candidates are added to the STATE input (a residual), so each cell keeps its
-    own basal state while reading the neighbours.
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.candidate_projection = nn.Linear(config.hidden_dim, config.hidden_dim)
-        self.attention = nn.MultiheadAttention(
-            config.hidden_dim, config.n_heads, dropout=config.dropout, batch_first=True
-        )
-        self.norm = nn.LayerNorm(config.hidden_dim)
-
-    def forward(
-        self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor, **_: Any
-    ) -> tuple[torch.Tensor, None]:
-        state_input = cells + query[:, None, :]  # [B, S, H]
-        memory = self.candidate_projection(candidates)  # [B, K, H]
-        attended, _ = self.attention(self.norm(state_input), memory, memory, need_weights=False)
-        return state_input + attended, None
-
-
-class PTRAGRetrieval(nn.Module):
-    """PT-RAG: a hard Gumbel-softmax gate per (cell, candidate) pair.
-
-    For cell s and candidate k the scorer reads ``LayerNorm([h_s, q, c_k])`` through an MLP to two
-    logits (skip, keep); the transformer input adds, over kept candidates, a projection of the
-    same concatenation. Both are computed without materialising the [B, S, K, 3H] concatenation:
-
-    - a linear map of a concatenation is the sum of three smaller maps (one per part), computed
-      once per cell, per query and per candidate and broadcast over the pairs;
-    - LayerNorm of the concatenation needs only its mean and variance, which follow from the
-      per-part sums and sums of squares, so LayerNorm + first scorer layer is exact in that form.
-
-    The kept-candidate sum is the STATE input plus ``n_kept * (P_h h_s + P_q q) + G @ (P_c C)``,
-    so a cell whose gates all close falls back to STATE rather than to an empty input.
+    The candidates' GenePT vectors get their own projection; each cell's STATE input is the query
+    of a single-head scaled dot-product attention over them. ``replace`` returns only the
+    attention output (the cell's own state is dropped: the likely cause of the paper's "dramatic
+    failure" of vanilla RAG); ``residual`` adds it to the STATE input.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         hidden = config.hidden_dim
-        self.tau = config.tau
+        self.residual = config.retrieval_form == "residual"
+        self.candidate_projection = nn.Linear(config.embedding_dim, hidden)
+        self.query_projection = nn.Linear(hidden, hidden)
+        self.key_projection = nn.Linear(hidden, hidden)
+        self.value_projection = nn.Linear(hidden, hidden)
+
+    def forward(
+        self, cells: torch.Tensor, query: torch.Tensor, batch: dict, encode: Encoder, **_: Any
+    ) -> RetrievalOutput:
+        state_input = cells + query[:, None, :]  # [B, S, H]
+        memory = self.candidate_projection(batch[keys.CANDIDATES])  # [B, K, H]
+        scores = self.query_projection(state_input) @ self.key_projection(memory).transpose(1, 2)
+        weights = torch.softmax(scores / math.sqrt(cells.shape[-1]), dim=-1)  # [B, S, K]
+        attended = weights @ self.value_projection(memory)  # [B, S, H]
+        return RetrievalOutput(state_input + attended if self.residual else attended)
+
+
+def _logistic_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Difference of two standard Gumbels (a standard logistic), drawn from ``generator``."""
+    uniform = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    uniform = uniform.clamp(1e-6, 1.0 - 1e-6)
+    return torch.log(uniform) - torch.log1p(-uniform)
+
+
+class PTRAGRetrieval(nn.Module):
+    """PT-RAG: a hard Gumbel-softmax keep/skip gate per (cell, candidate) pair.
+
+    For cell s and candidate k, ``v = LayerNorm([h_s, q, c_k])``; an MLP reads two logits (skip,
+    keep) from ``v``, divided by their standard deviation; a hard Gumbel-softmax (temperature
+    ``tau``, straight-through) gates the pair; the transformer input is the sum over kept
+    candidates of ``Linear(v)`` (``replace``), or that sum added to the STATE input
+    (``residual``). The [B, S, K, 3H] concatenation is never built:
+
+    - a linear map of a concatenation is the sum of three smaller maps (one per part), computed
+      once per cell, per query and per candidate and broadcast over the pairs;
+    - LayerNorm of the concatenation needs only its mean and variance, which follow from the
+      per-part sums and sums of squares;
+    - a two-way softmax depends only on the keep-minus-skip logit difference, so sampling draws
+      one logistic variable per pair rather than two Gumbels;
+    - the gated sum of ``Linear(LayerNorm(v))`` over k splits the same way, with the gate divided
+      by each pair's standard deviation: [B, S, K] weights times per-part maps.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_dim
+        self.config = config
         self.norm = nn.LayerNorm(3 * hidden)
         self.score_in = nn.Linear(3 * hidden, hidden)  # applied to the LayerNorm output
-        self.score_out = nn.Sequential(nn.GELU(), nn.Linear(hidden, 2))  # -> (skip, keep)
-        self.project = nn.Linear(3 * hidden, hidden, bias=False)
+        self.score_out = nn.Sequential(
+            nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, 2)
+        )  # -> (skip, keep)
+        raw = config.gate_projection == "raw"
+        self.project = nn.Linear(3 * hidden, hidden, bias=not raw)
 
-    def _scores(
+    def _statistics(
         self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor
-    ) -> torch.Tensor:
-        hidden = cells.shape[-1]
-        width = 3 * hidden
-        # Statistics of the concatenation [h_s, q, c_k] from per-part sums.  [B, S, K]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of every concatenation [h_s, q, c_k]: [B, S, K] each."""
+        width = 3 * cells.shape[-1]
         total = (
             cells.sum(-1)[:, :, None]
             + query.sum(-1)[:, None, None]
@@ -163,47 +241,191 @@ class PTRAGRetrieval(nn.Module):
             + (candidates**2).sum(-1)[:, None, :]
         )
         mean = total / width
-        std = torch.sqrt(squares / width - mean**2 + self.norm.eps)
-        # score_in(LayerNorm(v)) = W diag(gamma) (v - mean) / std + (W beta + b), with W diag(gamma) split in three.
+        return mean, torch.sqrt(squares / width - mean**2 + self.norm.eps)
+
+    @staticmethod
+    def _split_map(
+        weight: torch.Tensor, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``weight`` [O, 3H] applied to each part: [B, S, O], [B, O], [B, K, O]."""
+        w_cell, w_query, w_candidate = weight.split(cells.shape[-1], dim=1)
+        return cells @ w_cell.T, query @ w_query.T, candidates @ w_candidate.T
+
+    def _logits(
+        self,
+        cells: torch.Tensor,
+        query: torch.Tensor,
+        candidates: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ) -> torch.Tensor:
+        """The scorer's (skip, keep) logits of every pair, before scaling: [B, S, K, 2]."""
+        # score_in(LayerNorm(v)) = W diag(gamma) (v - mean) / std + (W beta + b)
         weight = self.score_in.weight * self.norm.weight  # [H1, 3H]
-        w_cell, w_query, w_candidate = weight.split(hidden, dim=1)
-        parts = (
-            (cells @ w_cell.T)[:, :, None, :]  # [B, S, 1, H1]
-            + (query @ w_query.T)[:, None, None, :]  # [B, 1, 1, H1]
-            + (candidates @ w_candidate.T)[:, None, :, :]  # [B, 1, K, H1]
-        )
+        by_cell, by_query, by_candidate = self._split_map(weight, cells, query, candidates)
+        parts = by_cell[:, :, None, :] + by_query[:, None, None, :] + by_candidate[:, None, :, :]
         offset = self.score_in.weight @ self.norm.bias + self.score_in.bias  # [H1]
-        first = (parts - mean[..., None] * weight.sum(1)) / std[..., None] + offset  # [B, S, K, H1]
-        return self.score_out(first)  # [B, S, K, 2]
+        first = (parts - mean[..., None] * weight.sum(1)) / std[..., None] + offset  # [B,S,K,H1]
+        return self.score_out(first)
+
+    def _scale(self, logits: torch.Tensor) -> torch.Tensor:
+        # "Scale to prevent saturation" (the authors): logits over their standard deviation.
+        if self.config.gate_logit_norm == "batch_std":
+            return logits / logits.std().clamp_min(1e-6)
+        if self.config.gate_logit_norm == "sentence_std":
+            return logits / logits.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+        return logits
+
+    def _gates(self, difference: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Keep (1) / skip (0) per pair from the keep-minus-skip logit difference [B, S, K]."""
+        mode = "sampled" if self.training else self.config.gate_inference
+        if mode == "expected":
+            return torch.sigmoid(difference)  # P(keep) of the Gumbel-softmax sample
+        if mode == "argmax":
+            return (difference > 0).to(difference.dtype)
+        # Hard Gumbel-softmax over (skip, keep), straight-through: the forward pass is the hard
+        # choice, the gradient that of the soft sample sigmoid((d + noise) / tau).
+        noisy = difference + _logistic_noise(difference, generator)
+        soft = torch.sigmoid(noisy / self.config.tau)
+        hard = (noisy > 0).to(soft.dtype)
+        return hard + (soft - soft.detach())  # exactly 0 or 1 forward; soft gradient
+
+    def _kept_sum(
+        self,
+        gates: torch.Tensor,
+        cells: torch.Tensor,
+        query: torch.Tensor,
+        candidates: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ) -> torch.Tensor:
+        """Sum over k of ``gates * project(v)`` without the [B, S, K, 3H] tensor: [B, S, H]."""
+        if self.config.gate_projection == "raw":
+            by_cell, by_query, by_candidate = self._split_map(
+                self.project.weight, cells, query, candidates
+            )
+            kept = gates.sum(-1, keepdim=True)  # [B, S, 1]
+            return kept * (by_cell + by_query[:, None, :]) + gates @ by_candidate
+        weight = self.project.weight * self.norm.weight  # [H, 3H]
+        by_cell, by_query, by_candidate = self._split_map(weight, cells, query, candidates)
+        scaled = gates / std  # [B, S, K]
+        offset = self.project.weight @ self.norm.bias + self.project.bias  # [H]
+        return (
+            scaled.sum(-1, keepdim=True) * (by_cell + by_query[:, None, :])
+            + scaled @ by_candidate  # [B, S, K] @ [B, K, H]
+            - (scaled * mean).sum(-1, keepdim=True) * weight.sum(1)
+            + gates.sum(-1, keepdim=True) * offset
+        )
 
     def forward(
         self,
         cells: torch.Tensor,
         query: torch.Tensor,
-        candidates: torch.Tensor,
-        gate_mode: GateMode = "deterministic",
+        batch: dict,
+        encode: Encoder,
+        generator: torch.Generator | None = None,
         **_: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self._scores(cells, query, candidates)  # [B, S, K, 2]
-        if self.training or gate_mode == "sampled":
-            gates = F.gumbel_softmax(logits, tau=self.tau, hard=True)[
-                ..., 1
-            ]  # [B, S, K], straight-through
-        else:
-            gates = (logits[..., 1] > logits[..., 0]).to(cells.dtype)  # argmax: deterministic
-        p_cell, p_query, p_candidate = self.project.weight.split(cells.shape[-1], dim=1)
-        kept = gates.sum(-1, keepdim=True)  # [B, S, 1]
-        retrieved = (
-            kept * (cells @ p_cell.T + (query @ p_query.T)[:, None, :])
-            + gates @ (candidates @ p_candidate.T)  # [B, S, K] @ [B, K, H]
+    ) -> RetrievalOutput:
+        candidates = encode(batch[keys.CANDIDATES])  # [B, K, H], the query's encoder
+        mean, std = self._statistics(cells, query, candidates)
+        logits = self._scale(self._logits(cells, query, candidates, mean, std))
+        gates = self._gates(logits[..., 1] - logits[..., 0], generator)  # [B, S, K]
+        retrieved = self._kept_sum(gates, cells, query, candidates, mean, std)
+        if self.config.retrieval_form == "residual":
+            retrieved = cells + query[:, None, :] + retrieved
+        return RetrievalOutput(
+            retrieved, gates=gates, penalty=gates.mean(), kept_fraction=gates.detach().mean()
         )
-        return cells + query[:, None, :] + retrieved, gates
 
 
-_RETRIEVAL_BLOCKS: dict[str, type[nn.Module]] = {
+class ResponseRetrieval(nn.Module):
+    """Response retrieval (ours): a soft gate over observed train responses, per sentence.
+
+    Each slot holds a mean shift from controls of a train (cell line, perturbation), transferred
+    to the query's line (see ``models/responses.py``), with features saying what it is. A scorer
+    gives each slot a score (``response_gate``: from its features alone; or from
+    ``LayerNorm([mean cell state, encoded response + features])``; or with the query embedding
+    too); a softmax over the slots and a learned "nothing" option turns the scores into weights
+    (the gates). The weighted mean shift enters twice, both initialised at zero so training
+    starts from STATE: as a projection added to every cell's transformer input (the backbone can
+    shape the distribution around it), and as a per-gene gain (``response_gain_init``) times the
+    shift added to the decoder's output (a residual in gene space). In training,
+    ``response_dropout`` hides each kind of slot from a sentence with that probability, so the
+    model also learns to predict when a source is missing.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_dim
+        self.gate_reads = config.response_gate
+        self.slot_dropout = config.response_dropout
+        self.feature_encoder = nn.Linear(keys.N_RESPONSE_FEATURES, hidden)
+        if self.gate_reads == "features":
+            self.scorer = mlp(hidden, hidden, 1, 2, config.dropout)
+        else:
+            parts = 3 if self.gate_reads == "query" else 2
+            self.response_encoder = mlp(config.n_genes, hidden, hidden, 2, config.dropout)
+            self.norm = nn.LayerNorm(parts * hidden)
+            self.scorer = mlp(parts * hidden, hidden, 1, 2, config.dropout)
+        self.nothing_score = nn.Parameter(torch.zeros(1))
+        self.input_projection = nn.Linear(config.n_genes, hidden)
+        self.output_gain = nn.Parameter(torch.full((config.n_genes,), config.response_gain_init))
+        nn.init.zeros_(self.input_projection.weight)
+        nn.init.zeros_(self.input_projection.bias)
+
+    def _scores(self, cells: torch.Tensor, query: torch.Tensor, batch: dict) -> torch.Tensor:
+        slots = self.feature_encoder(batch[keys.RESPONSE_FEATURES])  # [B, R, H]
+        if self.gate_reads == "features":
+            return self.scorer(slots)[..., 0]
+        responses = batch[keys.RESPONSES]
+        slots = slots + self.response_encoder(responses)
+        parts = [cells.mean(1)]  # [B, H]: the sentence's basal population
+        if self.gate_reads == "query":
+            parts.append(query)
+        context = [part[:, None, :].expand(-1, responses.shape[1], -1) for part in parts]
+        return self.scorer(self.norm(torch.cat([*context, slots], dim=-1)))[..., 0]  # [B, R]
+
+    def _mask(self, batch: dict) -> torch.Tensor:
+        """Filled slots; in training, minus the kinds dropped for each sentence."""
+        mask = batch[keys.RESPONSE_MASK]  # [B, R]
+        if not (self.training and self.slot_dropout):
+            return mask
+        n_kinds = len(keys.RESPONSE_KINDS)
+        kind = batch[keys.RESPONSE_FEATURES][..., :n_kinds].argmax(-1)  # [B, R]
+        kept = torch.rand(len(mask), n_kinds, device=mask.device) >= self.slot_dropout
+        return mask & torch.gather(kept, 1, kind)
+
+    def forward(
+        self, cells: torch.Tensor, query: torch.Tensor, batch: dict, encode: Encoder, **_: Any
+    ) -> RetrievalOutput:
+        responses = batch[keys.RESPONSES]  # [B, R, G]
+        scores = self._scores(cells, query, batch).masked_fill(~self._mask(batch), -torch.inf)
+        weights = torch.softmax(
+            torch.cat([self.nothing_score.expand(len(scores), 1), scores], dim=1), dim=1
+        )
+        slot_weights = weights[:, 1:]  # [B, R]
+        retrieved = torch.einsum("br,brg->bg", slot_weights, responses)  # [B, G]
+        transformer_input = cells + query[:, None, :] + self.input_projection(retrieved)[:, None]
+        return RetrievalOutput(
+            transformer_input,
+            gates=slot_weights[:, None, :].expand(-1, cells.shape[1], -1),
+            output_shift=self.output_gain * retrieved,
+            kept_fraction=(1.0 - weights[:, 0]).detach().mean(),
+        )
+
+
+RETRIEVAL_BLOCKS: dict[str, type[nn.Module]] = {
     "none": NoRetrieval,
     "vanilla": VanillaRetrieval,
     "ptrag": PTRAGRetrieval,
+    "response": ResponseRetrieval,
+}
+#: What each block reads from the batch beyond the controls and the query.
+BLOCK_INPUTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "vanilla": (keys.CANDIDATES,),
+    "ptrag": (keys.CANDIDATES,),
+    "response": (keys.RESPONSES, keys.RESPONSE_FEATURES, keys.RESPONSE_MASK),
 }
 
 
@@ -215,12 +437,12 @@ class PerturbationModel(nn.Module):
         self.config = config
         hidden = config.hidden_dim
         self.basal_encoder = mlp(config.n_genes, hidden, hidden, config.mlp_layers, config.dropout)
-        # One encoder for the query and the candidates: both are perturbation embeddings.
+        # One encoder for the query and (PT-RAG) the candidates: both are perturbation embeddings.
         self.perturbation_encoder = mlp(
             config.embedding_dim, hidden, hidden, config.mlp_layers, config.dropout
         )
         self.batch_embedding = nn.Embedding(config.n_batches, hidden) if config.n_batches else None
-        self.retrieval = _RETRIEVAL_BLOCKS[config.retrieval](config)
+        self.retrieval = RETRIEVAL_BLOCKS[config.retrieval](config)
         layer = nn.TransformerEncoderLayer(
             hidden,
             config.n_heads,
@@ -233,26 +455,36 @@ class PerturbationModel(nn.Module):
         self.decoder = mlp(hidden, hidden, config.n_genes, config.mlp_layers, config.dropout)
 
     def forward(
-        self, batch: dict[str, torch.Tensor], gate_mode: GateMode = "deterministic"
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> ModelOutput:
+        """Predicted cells; ``generator`` seeds PT-RAG's sampled gates (reproducible inference)."""
         control = batch[keys.CONTROL]  # [B, S, G]
         cells = self.basal_encoder(control)  # [B, S, H]
-        if self.batch_embedding is not None:
-            cells = cells + self.batch_embedding(batch[keys.BATCH_INDEX])
         query = self.perturbation_encoder(batch[keys.PERTURBATION])  # [B, H]
-        candidates = None
-        if self.config.retrieval != "none":
-            candidates = self.perturbation_encoder(batch[keys.CANDIDATES])  # [B, K, H]
-        transformer_input, gates = self.retrieval(cells, query, candidates, gate_mode=gate_mode)
+        retrieved = self.retrieval(
+            cells, query, batch, self.perturbation_encoder, generator=generator
+        )
+        transformer_input = retrieved.transformer_input
+        if self.batch_embedding is not None:  # after retrieval, as the authors add it
+            transformer_input = transformer_input + self.batch_embedding(batch[keys.BATCH_INDEX])
         hidden = self.transformer(transformer_input)  # [B, S, H], bidirectional over the sentence
-        predicted = F.relu(control + self.decoder(hidden))  # residual on the control input
-        return ModelOutput(predicted=predicted, gates=gates)
+        change = self.decoder(hidden)  # [B, S, G]
+        if retrieved.output_shift is not None:
+            change = change + retrieved.output_shift[:, None, :]
+        predicted = F.relu(control + change)  # residual on the control input
+        return ModelOutput(
+            predicted=predicted,
+            gates=retrieved.gates,
+            penalty=retrieved.penalty,
+            kept_fraction=retrieved.kept_fraction,
+        )
 
     def loss(self, batch: dict[str, torch.Tensor], output: ModelOutput) -> LossOutput:
-        """Mean energy distance over sentences (+ the PT-RAG gate sparsity penalty)."""
+        """``energy_scale`` x mean energy distance over sentences (+ the gate penalty)."""
         energy = energy_distance(output.predicted, batch[keys.TARGET]).mean()
-        sparsity = output.gates.mean() if output.gates is not None else energy.new_zeros(())
-        total = (
-            energy + self.config.sparsity_weight * sparsity if output.gates is not None else energy
-        )
+        total = self.config.energy_scale * energy
+        sparsity = energy.new_zeros(())
+        if output.penalty is not None:
+            sparsity = output.penalty
+            total = total + self.config.sparsity_weight * sparsity
         return LossOutput(total=total, energy=energy, sparsity=sparsity)

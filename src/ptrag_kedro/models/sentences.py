@@ -1,12 +1,16 @@
 """Cell sentences: S perturbed cells of one (cell line, perturbation) with S control cells.
 
 Candidates are looked up per sentence from the precomputed ``retrieval_candidates`` table, never
-searched per cell, and a sentence's candidates never include its own perturbation.
+searched per cell, and a sentence's candidates never include its own perturbation. Response
+slots come from a :class:`~ptrag_kedro.models.responses.ResponseBank`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -15,32 +19,59 @@ import scipy.sparse as sp
 import torch
 
 from ptrag_kedro.models import _constants as keys
+from ptrag_kedro.models.responses import ResponseBank, ResponseSlots, slot_features
+from ptrag_kedro.responses import dense
+from ptrag_kedro.schema import BATCH, CELL_LINE, PERTURBATION, SPLIT
+
+
+@dataclass(frozen=True)
+class SentenceSpec:
+    """What a model reads per sentence; stored in its record so inference reads the same.
+
+    Args:
+        cell_set_size: S, cells per sentence.
+        candidates_k: GenePT candidates per sentence (vanilla RAG, PT-RAG); 0 for none.
+        response_neighbours: neighbours per neighbour kind in the response slots; 0: no
+            responses are read.
+        same_batch_controls: pair each perturbed cell with a control of its own batch (gem
+            group) when the line has one there.
+    """
+
+    cell_set_size: int
+    candidates_k: int = 0
+    response_neighbours: int = 0
+    same_batch_controls: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
 class SentenceGroup:
-    """One (cell line, perturbation) with the rows of its cells and of its line's controls."""
+    """One (cell line, perturbation): its cells, its embedding and what it retrieves."""
 
     cell_line: str
     perturbation: str
-    cells: np.ndarray  # rows of the perturbed cells
+    cells: np.ndarray  # rows of the perturbed cells in the screen
     embedding_row: int  # row of the perturbation in the embedding matrix
     candidate_rows: np.ndarray  # [K] rows of its candidates in the embedding matrix
+    response_slots: ResponseSlots | None = None
 
 
 class SentenceSampler:
-    """Draws batches of cell sentences from a screen.
+    """Draws batches of cell sentences of one split of a screen.
 
     Args:
         screen: the ingested screen (obs ``perturbation``, ``cell_line``, ``batch``, ``split``).
         embeddings: perturbation -> vector (``perturbation_embeddings``).
-        candidates: long table perturbation, rank, candidate (``retrieval_candidates``); may be
-            empty for a model without retrieval.
+        candidates: long table perturbation, rank, candidate (``retrieval_candidates``).
         split: which split's perturbed cells form sentences (``train``, ``val`` or ``test``).
-        cell_set_size: S, cells per sentence (sampled with replacement when a group is smaller).
-        same_batch_controls: pair each perturbed cell with a control of its own batch when the
-            line has one there.
-        k: candidates per sentence (the first k ranks).
+        spec: sentence size and what is retrieved.
+        control_label: the controls' perturbation label.
+        responses: ``perturbation_responses``, needed when ``spec.response_neighbours`` > 0.
+        oracle: a diagnostic: add one candidate that carries the group's own true mean shift
+            (an embedding that encodes it, or a response slot of kind ``oracle``). Never for
+            results; it measures whether a retrieval block can find an informative candidate.
     """
 
     def __init__(
@@ -49,80 +80,120 @@ class SentenceSampler:
         embeddings: pd.DataFrame,
         candidates: pd.DataFrame,
         split: str,
-        cell_set_size: int,
-        same_batch_controls: bool,
-        k: int,
+        spec: SentenceSpec,
         control_label: str,
+        responses: pd.DataFrame | None = None,
+        oracle: bool = False,
     ) -> None:
-        self.cell_set_size = cell_set_size
-        self.k = k
+        self.spec = spec
+        self.cell_set_size = spec.cell_set_size
         self.expression = (
             screen.X if sp.issparse(screen.X) else np.asarray(screen.X, dtype=np.float32)
         )
         obs = screen.obs
         self.embedding_matrix = torch.as_tensor(embeddings.to_numpy(dtype=np.float32))
         embedding_row = {name: row for row, name in enumerate(embeddings.index)}
-        candidate_rows = self._candidate_rows(candidates, embedding_row, k)
-        line = obs["cell_line"].astype(str).to_numpy()
-        perturbation = obs["perturbation"].astype(str).to_numpy()
-        batch = obs["batch"].astype(str).to_numpy()
+        line = obs[CELL_LINE].astype(str).to_numpy()
+        perturbation = obs[PERTURBATION].astype(str).to_numpy()
+        self.cell_batch = obs[BATCH].astype(str).to_numpy()
+        self.batch_codes = {value: code for code, value in enumerate(sorted(set(self.cell_batch)))}
         is_control = perturbation == control_label
+        self._control_pools(line, is_control)
+        self.bank = None
+        if spec.response_neighbours:
+            if responses is None:
+                raise ValueError("response slots need perturbation_responses")
+            self.bank = ResponseBank(
+                responses,
+                candidates,
+                [str(gene) for gene in screen.var_names],
+                sorted(self.controls_by_line),
+                spec.response_neighbours,
+            )
+        chosen = (obs[SPLIT].astype(str).to_numpy() == split) & ~is_control
+        self.groups = self._groups(
+            line[chosen], perturbation[chosen], np.flatnonzero(chosen), embedding_row, candidates
+        )
+        self.oracle_shift = self._oracle_shifts() if oracle else None
+        if oracle:
+            generator = torch.Generator().manual_seed(0)
+            self._oracle_projection = torch.randn(
+                screen.n_vars, self.embedding_matrix.shape[1], generator=generator
+            )
+
+    def _control_pools(self, line: np.ndarray, is_control: np.ndarray) -> None:
+        """Control rows per line (and per line and batch, for same-batch controls)."""
         self.controls_by_line = {
             name: np.flatnonzero(is_control & (line == name)) for name in np.unique(line)
         }
-        control_rows = np.flatnonzero(is_control)
         self.controls_by_line_batch: dict[tuple[str, str], np.ndarray] = {}
-        if same_batch_controls:
-            groups = pd.Series(control_rows).groupby([line[control_rows], batch[control_rows]])
+        if self.spec.same_batch_controls:
+            control_rows = np.flatnonzero(is_control)
+            groups = pd.Series(control_rows).groupby(
+                [line[control_rows], self.cell_batch[control_rows]]
+            )
             self.controls_by_line_batch = {key: rows.to_numpy() for key, rows in groups}
-        self.cell_batch = batch
-        self.batch_codes = {value: code for code, value in enumerate(sorted(np.unique(batch)))}
-        chosen = (obs["split"].astype(str).to_numpy() == split) & ~is_control
-        frame = pd.DataFrame(
-            {
-                "line": line[chosen],
-                "perturbation": perturbation[chosen],
-                "row": np.flatnonzero(chosen),
-            }
-        )
-        self.groups = [
+
+    def _groups(
+        self,
+        lines: np.ndarray,
+        perturbations: np.ndarray,
+        rows: np.ndarray,
+        embedding_row: dict[str, int],
+        candidates: pd.DataFrame,
+    ) -> list[SentenceGroup]:
+        """One group per (line, perturbation) of these cells that has an embedding."""
+        candidate_rows = _candidate_rows(candidates, embedding_row, self.spec.candidates_k)
+        frame = pd.DataFrame({"line": lines, "perturbation": perturbations, "row": rows})
+        groups = [
             SentenceGroup(
                 cell_line=name,
                 perturbation=target,
-                cells=rows["row"].to_numpy(),
+                cells=members["row"].to_numpy(),
                 embedding_row=embedding_row[target],
                 candidate_rows=candidate_rows.get(target, np.zeros(0, dtype=np.int64)),
+                response_slots=self.bank.slots(name, target) if self.bank else None,
             )
-            for (name, target), rows in frame.groupby(["line", "perturbation"], sort=True)
+            for (name, target), members in frame.groupby(["line", "perturbation"], sort=True)
             if target in embedding_row  # perturbations dropped by genept have no embedding
         ]
-
-    @staticmethod
-    def _candidate_rows(
-        candidates: pd.DataFrame, embedding_row: dict[str, int], k: int
-    ) -> dict[str, np.ndarray]:
-        if candidates.empty or k == 0:
-            return {}
-        top = candidates[candidates["rank"] < k].sort_values(["perturbation", "rank"])
-        if (top["candidate"] == top["perturbation"]).any():
-            raise ValueError("retrieval_candidates lists a perturbation as its own candidate")
-        rows: dict[str, np.ndarray] = {}
-        for target, group in top.groupby("perturbation", sort=False):
-            if len(group) < k:
-                raise ValueError(
-                    f"retrieval_candidates has {len(group)} candidates for '{target}', fewer than k={k}"
-                )
-            rows[target] = np.array(
-                [embedding_row[name] for name in group["candidate"]], dtype=np.int64
+        missing = [
+            g.perturbation for g in groups if self.spec.candidates_k and not len(g.candidate_rows)
+        ]
+        if missing:
+            raise ValueError(
+                f"retrieval_candidates has no candidates for '{missing[0]}' ({len(missing)} "
+                "perturbations); rebuild it with `kedro run --pipeline=retrieval_index`"
             )
-        return rows
+        return groups
 
     def __len__(self) -> int:
         return len(self.groups)
 
+    # ---------------------------------------------------------------------------- the oracle
+
+    def _oracle_shifts(self) -> np.ndarray:
+        """Each group's true mean shift from its line's controls [groups, G] (oracle check)."""
+        shifts = []
+        for group in self.groups:
+            controls = self.controls_by_line[group.cell_line]
+            shift = dense(self.expression[group.cells]).mean(0) - dense(
+                self.expression[controls]
+            ).mean(0)
+            shifts.append(shift)
+        return np.asarray(shifts, dtype=np.float32)
+
+    def _oracle_embedding(self, indices: list[int]) -> torch.Tensor:
+        """An embedding-sized vector that encodes the true shift: a fixed random projection,
+        scaled to the largest embedding norm."""
+        encoded = torch.as_tensor(self.oracle_shift[indices]) @ self._oracle_projection
+        scale = self.embedding_matrix.norm(dim=1).max()
+        return encoded / encoded.norm(dim=1, keepdim=True).clamp_min(1e-8) * scale
+
+    # ---------------------------------------------------------------------------- batches
+
     def _rows(self, rows: np.ndarray) -> np.ndarray:
-        block = self.expression[rows]
-        return block.toarray() if sp.issparse(block) else block
+        return dense(self.expression[rows])
 
     def _controls_for(
         self, group: SentenceGroup, targets: np.ndarray, rng: np.random.Generator
@@ -139,9 +210,10 @@ class SentenceSampler:
         return pool[rng.integers(0, len(pool), len(targets))]
 
     def _batch(
-        self, targets: np.ndarray, controls: np.ndarray, groups: list[SentenceGroup]
+        self, targets: np.ndarray, controls: np.ndarray, indices: list[int]
     ) -> dict[str, torch.Tensor]:
-        """Tensors of len(groups) sentences from flat target and control rows (S per sentence)."""
+        """Tensors of len(indices) sentences from flat target and control rows (S per sentence)."""
+        groups = [self.groups[index] for index in indices]
         shape = (len(groups), self.cell_set_size)
         batch = {
             keys.CONTROL: torch.as_tensor(
@@ -157,47 +229,104 @@ class SentenceSampler:
                 )
             ),
         }
-        if self.k:
-            rows = np.stack([group.candidate_rows for group in groups])
-            batch[keys.CANDIDATES] = self.embedding_matrix[torch.as_tensor(rows)]
+        if self.spec.candidates_k:
+            rows = torch.as_tensor(np.stack([group.candidate_rows for group in groups]))
+            batch[keys.CANDIDATES] = self.embedding_matrix[rows]
+            if self.oracle_shift is not None:
+                oracle = self._oracle_embedding(indices)[:, None, :]
+                batch[keys.CANDIDATES] = torch.cat([batch[keys.CANDIDATES], oracle], dim=1)
+        if self.bank is not None:
+            batch.update(self.bank.gather([group.response_slots for group in groups]))
+            if self.oracle_shift is not None:
+                self._add_oracle_slot(batch, indices)
         return batch
+
+    def _add_oracle_slot(self, batch: dict[str, torch.Tensor], indices: list[int]) -> None:
+        sizes = [len(self.groups[index].cells) for index in indices]
+        features = np.stack([slot_features("oracle", 1.0, size) for size in sizes])
+        batch[keys.RESPONSES] = torch.cat(
+            [batch[keys.RESPONSES], torch.as_tensor(self.oracle_shift[indices])[:, None, :]], dim=1
+        )
+        batch[keys.RESPONSE_FEATURES] = torch.cat(
+            [batch[keys.RESPONSE_FEATURES], torch.as_tensor(features)[:, None, :]], dim=1
+        )
+        batch[keys.RESPONSE_MASK] = torch.cat(
+            [batch[keys.RESPONSE_MASK], torch.ones(len(indices), 1, dtype=torch.bool)], dim=1
+        )
 
     def sentences(
         self, group_indices: np.ndarray, rng: np.random.Generator
     ) -> dict[str, torch.Tensor]:
         """One random sentence for each of these groups (B = len(group_indices))."""
-        groups = [self.groups[int(index)] for index in group_indices]
+        indices = [int(index) for index in group_indices]
         targets = [
             rng.choice(
-                group.cells, self.cell_set_size, replace=len(group.cells) < self.cell_set_size
+                self.groups[index].cells,
+                self.cell_set_size,
+                replace=len(self.groups[index].cells) < self.cell_set_size,
             )
-            for group in groups
+            for index in indices
         ]
         controls = [
-            self._controls_for(group, rows, rng)
-            for group, rows in zip(groups, targets, strict=False)
+            self._controls_for(self.groups[index], rows, rng)
+            for index, rows in zip(indices, targets, strict=True)
         ]
-        return self._batch(np.concatenate(targets), np.concatenate(controls), groups)
-
-    def group_sentences(
-        self, index: int, rng: np.random.Generator
-    ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        """Sentences covering every cell of one group (for prediction) and the control rows used.
-
-        The group's cells, in order, padded to a multiple of S with random cells of the group,
-        each paired with a control as in training. Returns the batch ([n_sentences, S, ...]) and the
-        control rows of the first ``len(group.cells)`` positions.
-        """
-        group = self.groups[index]
-        n_cells = len(group.cells)
-        targets = np.concatenate(
-            [group.cells, rng.choice(group.cells, (-n_cells) % self.cell_set_size)]
-        )
-        controls = self._controls_for(group, targets, rng)
-        return self._batch(
-            targets, controls, [group] * (len(targets) // self.cell_set_size)
-        ), controls[:n_cells]
+        return self._batch(np.concatenate(targets), np.concatenate(controls), indices)
 
     def random_batch(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """B sentences of groups drawn uniformly with replacement."""
         return self.sentences(rng.integers(0, len(self.groups), batch_size), rng)
+
+    # ---------------------------------------------------------------------------- prediction
+
+    @staticmethod
+    def _prediction_rng(group: SentenceGroup, seed: int) -> np.random.Generator:
+        # Keyed by the group's names: the draw does not depend on S, on the order of groups or
+        # on what else was drawn, so every method (and baseline) gets the same controls.
+        key = zlib.crc32(f"{group.cell_line}\x1f{group.perturbation}".encode())
+        return np.random.default_rng([int(seed), key])
+
+    def prediction_controls(self, index: int, seed: int) -> np.ndarray:
+        """The control row paired with each real cell of group ``index`` at prediction."""
+        group = self.groups[index]
+        return self._controls_for(group, group.cells, self._prediction_rng(group, seed))
+
+    def prediction_batch(self, index: int, seed: int) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """Sentences covering every cell of one group, and the control rows of its real cells.
+
+        The first draw is exactly :meth:`prediction_controls`; the group's cells are then padded
+        to a multiple of S with random cells of the group, each with its own control.
+        """
+        group = self.groups[index]
+        rng = self._prediction_rng(group, seed)
+        controls = self._controls_for(group, group.cells, rng)
+        padding = rng.choice(group.cells, (-len(group.cells)) % self.cell_set_size)
+        padding_controls = self._controls_for(group, padding, rng)
+        targets = np.concatenate([group.cells, padding])
+        n_sentences = len(targets) // self.cell_set_size
+        batch = self._batch(
+            targets, np.concatenate([controls, padding_controls]), [index] * n_sentences
+        )
+        return batch, controls
+
+
+def _candidate_rows(
+    candidates: pd.DataFrame, embedding_row: dict[str, int], k: int
+) -> dict[str, np.ndarray]:
+    """Each perturbation's first ``k`` candidates as rows of the embedding matrix."""
+    if candidates.empty or k == 0:
+        return {}
+    available = int(candidates["rank"].max()) + 1
+    if k > available:
+        raise ValueError(
+            f"candidates_k = {k}, but retrieval_candidates lists {available} candidates per "
+            "perturbation (parameter retrieval_index.k): lower candidates_k, or raise "
+            "retrieval_index.k and run `kedro run --pipeline=retrieval_index`"
+        )
+    top = candidates[candidates["rank"] < k].sort_values(["perturbation", "rank"])
+    if (top["candidate"] == top["perturbation"]).any():
+        raise ValueError("retrieval_candidates lists a perturbation as its own candidate")
+    return {
+        target: np.array([embedding_row[name] for name in group["candidate"]], dtype=np.int64)
+        for target, group in top.groupby("perturbation", sort=False)
+    }

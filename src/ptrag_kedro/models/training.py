@@ -6,7 +6,9 @@ logs every variant's loss parts the same way.
 
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +21,38 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
+from ptrag_kedro.parameters import TrainingParameters
 from ptrag_kedro.provenance import StaleArtefactError
+from ptrag_kedro.schema import CHECKPOINT_PROVENANCE_KEY
 
 logger = logging.getLogger(__name__)
 
-#: Checkpoint key holding the data fingerprints and model config of the run.
-PROVENANCE_KEY = "ptrag_provenance"
+HISTORY_COLUMNS = ["step", "split", "loss", "energy", "kept_fraction"]
 
 
 class TrainingPlan(L.LightningModule):
-    """Adam on the module's loss; logs the total, the energy and (PT-RAG) the kept fraction."""
+    """Adam on the module's loss; logs the total, the energy and the retrieval's kept fraction.
+
+    Validation draws PT-RAG's sampled gates from a generator seeded per validation batch, so the
+    validation energy of two checks differs only because the weights do.
+    """
 
     def __init__(
         self,
         model: PerturbationModel,
         learning_rate: float,
         provenance: dict[str, str] | None = None,
+        validation_seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
         self.learning_rate = learning_rate
         self.provenance = dict(provenance or {})
+        self.validation_seed = validation_seed
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What the run was built from, so a resume never continues on other data.
-        checkpoint[PROVENANCE_KEY] = {
+        checkpoint[CHECKPOINT_PROVENANCE_KEY] = {
             **self.provenance,
             "model_config": self.model.config.to_dict(),
         }
@@ -53,13 +62,19 @@ class TrainingPlan(L.LightningModule):
         loss = self.model.loss(batch, output)
         self.log("train_loss", loss.total, prog_bar=True)
         self.log("train_energy", loss.energy)
-        if output.gates is not None:
-            self.log("train_kept_fraction", loss.sparsity, prog_bar=True)
+        if output.kept_fraction is not None:
+            self.log("train_kept_fraction", output.kept_fraction, prog_bar=True)
         return loss.total
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
-        output = self.model(batch)  # eval mode: deterministic gates
+        device = batch[next(iter(batch))].device
+        generator = torch.Generator(device=device).manual_seed(
+            self.validation_seed * 100_003 + batch_index
+        )
+        output = self.model(batch, generator=generator)
         self.log("val_energy", self.model.loss(batch, output).energy, prog_bar=True)
+        if output.kept_fraction is not None:
+            self.log("val_kept_fraction", output.kept_fraction)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.learning_rate)
@@ -98,12 +113,7 @@ class LossHistory(Callback):
         self.rows: list[dict[str, float]] = []
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        plan: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_index: int,
+        self, trainer: L.Trainer, plan: L.LightningModule, outputs: Any, batch: Any, index: int
     ) -> None:
         metrics = trainer.callback_metrics
         row = {
@@ -119,10 +129,12 @@ class LossHistory(Callback):
     def on_validation_end(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
         if trainer.sanity_checking or "val_energy" not in trainer.callback_metrics:
             return
-        energy = float(trainer.callback_metrics["val_energy"])
-        self.rows.append(
-            {"step": trainer.global_step, "split": "val", "loss": energy, "energy": energy}
-        )
+        metrics = trainer.callback_metrics
+        energy = float(metrics["val_energy"])
+        row = {"step": trainer.global_step, "split": "val", "loss": energy, "energy": energy}
+        if "val_kept_fraction" in metrics:
+            row["kept_fraction"] = float(metrics["val_kept_fraction"])
+        self.rows.append(row)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -131,70 +143,138 @@ class LossHistory(Callback):
         self.rows = list(state_dict["rows"])
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["step", "split", "loss", "energy", "kept_fraction"])
+        return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+
+
+class BestOnValidation(Callback):
+    """Keeps a copy of the weights of the validation check with the lowest val energy.
+
+    Its state (the copy, its step and energy) is saved in checkpoints, so a resumed run still
+    knows the best weights it had seen.
+    """
+
+    def __init__(self) -> None:
+        self.best_energy = float("inf")
+        self.best_step = -1
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val_energy" not in trainer.callback_metrics:
+            return
+        energy = float(trainer.callback_metrics["val_energy"])
+        if energy < self.best_energy:
+            self.best_energy, self.best_step = energy, int(trainer.global_step)
+            self.best_weights = {
+                name: tensor.detach().cpu().clone()
+                for name, tensor in plan.model.state_dict().items()
+            }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_energy": self.best_energy,
+            "best_step": self.best_step,
+            "best_weights": self.best_weights,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_energy = float(state_dict["best_energy"])
+        self.best_step = int(state_dict["best_step"])
+        self.best_weights = state_dict["best_weights"]
+
+
+@dataclass
+class FitResult:
+    """A trained module (the selected weights), its loss history and how it was selected."""
+
+    model: PerturbationModel
+    history: pd.DataFrame
+    steps: int
+    selected_step: int
+    selected_val_energy: float | None
+
+
+def _trainer(
+    training: TrainingParameters, checkpoint_dir: Path, callbacks: list[Callback]
+) -> L.Trainer:
+    checkpoints = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        every_n_train_steps=training.checkpoint_every_n_steps,
+        save_last=True,
+        save_top_k=-1 if training.keep_all_checkpoints else 0,
+    )
+    return L.Trainer(
+        max_steps=training.max_steps,
+        accelerator=training.accelerator,  # CUDA when present
+        devices=training.devices,
+        strategy=training.strategy,  # e.g. ddp for several GPUs
+        precision="bf16-mixed" if training.bf16 else "32-true",
+        val_check_interval=training.val_every_n_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=[*callbacks, checkpoints],
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=training.progress_bar,
+        default_root_dir=checkpoint_dir,
+    )
 
 
 def fit(
     model: PerturbationModel,
     train_sampler: SentenceSampler,
     val_sampler: SentenceSampler,
-    training: dict[str, Any],
+    training: TrainingParameters,
+    seed: int,
     checkpoint_dir: str | Path,
     provenance: dict[str, str] | None = None,
-) -> tuple[PerturbationModel, pd.DataFrame, int]:
-    """Train with Lightning; returns the trained module, the loss history and the step count.
+) -> FitResult:
+    """Train with Lightning; returns the selected weights, the loss history and the steps.
 
-    With ``training.resume`` and a ``last.ckpt`` in ``checkpoint_dir``, training continues from
-    that checkpoint's step (model, optimiser and loss history restored), provided the checkpoint
-    was made from the same data (``provenance``) and model configuration.
+    With ``training.select_on_val`` the returned weights are those of the validation check with
+    the lowest val energy (the last step's when there was no check). With ``training.resume`` and
+    a ``last.ckpt`` in ``checkpoint_dir``, training continues from that checkpoint's step (model,
+    optimiser, loss history and best weights restored), provided the checkpoint was made from
+    the same data (``provenance``) and model configuration.
     """
-    seed = int(training["seed"])
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint_dir = Path(checkpoint_dir)
-    history = LossHistory()
-    checkpoints = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        every_n_train_steps=int(training["checkpoint_every_n_steps"]),
-        save_last=True,
-        save_top_k=0 if not training.get("keep_all_checkpoints") else -1,
-    )
-    trainer = L.Trainer(
-        max_steps=int(training["max_steps"]),
-        accelerator=str(training.get("accelerator", "auto")),  # CUDA when present
-        devices=training.get("devices", "auto"),
-        strategy=str(training.get("strategy", "auto")),  # e.g. ddp for several GPUs
-        precision="bf16-mixed" if training.get("bf16") else "32-true",
-        val_check_interval=int(training["val_every_n_steps"]),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        callbacks=[history, checkpoints],
-        logger=False,
-        enable_model_summary=False,
-        enable_progress_bar=bool(training.get("progress_bar", True)),
-        default_root_dir=checkpoint_dir,
-    )
+    history, best = LossHistory(), BestOnValidation()
+    trainer = _trainer(training, checkpoint_dir, [history, best])
     last = checkpoint_dir / "last.ckpt"
-    resume_from = str(last) if training.get("resume") and last.is_file() else None
-    plan = TrainingPlan(model, float(training["learning_rate"]), provenance)
+    resume_from = str(last) if training.resume and last.is_file() else None
+    plan = TrainingPlan(model, training.learning_rate, provenance, validation_seed=seed)
     if resume_from:
         _check_resumable(last, {**plan.provenance, "model_config": model.config.to_dict()})
         logger.info("Resuming from %s", resume_from)
     trainer.fit(
         plan,
         train_dataloaders=DataLoader(
-            SentenceStream(train_sampler, int(training["batch_size"]), seed), batch_size=None
+            SentenceStream(train_sampler, training.batch_size, seed), batch_size=None
         ),
         val_dataloaders=DataLoader(
-            validation_batches(val_sampler, int(training["batch_size"]), seed), batch_size=None
+            validation_batches(val_sampler, training.batch_size, seed), batch_size=None
         ),
         ckpt_path=resume_from,
     )
-    return plan.model.cpu().eval(), history.frame(), int(trainer.global_step)
+    trained = plan.model.cpu().eval()
+    steps = int(trainer.global_step)
+    if training.select_on_val and best.best_weights is not None:
+        trained = copy.deepcopy(trained)
+        trained.load_state_dict(best.best_weights)
+        logger.info(
+            "Selected the weights of step %d of %d (val energy %.4f)",
+            best.best_step,
+            steps,
+            best.best_energy,
+        )
+        return FitResult(trained, history.frame(), steps, best.best_step, best.best_energy)
+    return FitResult(trained, history.frame(), steps, steps, None)
 
 
 def _check_resumable(checkpoint: Path, expected: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint of another screen, other embeddings or another model."""
-    recorded = torch.load(checkpoint, map_location="cpu", weights_only=True).get(PROVENANCE_KEY)
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    recorded = stored.get(CHECKPOINT_PROVENANCE_KEY)
     if recorded != expected:
         differing = sorted(key for key in expected if (recorded or {}).get(key) != expected[key])
         raise StaleArtefactError(

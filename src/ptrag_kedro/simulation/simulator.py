@@ -75,6 +75,12 @@ class SimulationConfig:
     gene_specific_weight: float = 0.2
     weak_fraction: float = 0.2
     knockdown_range: tuple[float, float] = (0.6, 0.95)
+    #: line-wide shift of every perturbed cell against the line's controls (0: none); the sd
+    #: of its log fold changes on the ``systematic_fraction`` of genes it touches
+    systematic_effect: float = 0.8
+    systematic_fraction: float = 0.3
+    #: line-specific share of the systematic programme (the rest is shared by all lines)
+    systematic_line_weight: float = 0.5
     # --- embeddings
     embedding_offset_weight: float = 1.2
     embedding_module_weight_range: tuple[float, float] = (0.3, 1.0)
@@ -120,6 +126,9 @@ class SimulationConfig:
             "weak_fraction": 0.0 <= self.weak_fraction <= 1.0,
             "misleading_fraction": 0.0 <= self.misleading_fraction <= 1.0,
             "knockdown_range": 0.0 <= self.knockdown_range[0] <= self.knockdown_range[1] < 1.0,
+            "systematic_effect": self.systematic_effect >= 0.0,
+            "systematic_fraction": 0.0 <= self.systematic_fraction <= 1.0,
+            "systematic_line_weight": 0.0 <= self.systematic_line_weight <= 1.0,
             "block_cells": self.block_cells >= 1,
         }
         for name, ok in checks.items():
@@ -231,27 +240,132 @@ def _draw_programmes(
     return shared, line_specific
 
 
+@dataclass
+class _Biology:
+    """Everything drawn once per screen that the per-line groups are built from."""
+
+    genes: pd.DataFrame
+    shared: np.ndarray  # [modules, genes] programme shared by every line
+    line_specific: np.ndarray  # [lines, modules, genes]
+    gene_specific: np.ndarray  # [perturbed genes, genes]
+    coverage: np.ndarray  # [perturbed genes, lines] screened there or not
+    base_log_mean: np.ndarray  # [genes]
+    systematic: np.ndarray  # [lines, genes] shift of every perturbed cell of the line
+    systematic_scale: np.ndarray  # [perturbed genes, lines] its size per group
+
+    @property
+    def perturbed_index(self) -> np.ndarray:
+        return np.flatnonzero(self.genes["perturbed"].to_numpy())
+
+
+def _draw_systematic(config: SimulationConfig, n_perturbed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-line systematic shift of perturbed cells against controls, and its size per group.
+
+    Real screens show a line-wide difference between perturbed and control cells that most
+    perturbations share (selection, stress, cell cycle: Viñas Torné et al. 2025, "Systema"), so
+    the line's average perturbed cell predicts much of any one perturbation's shift. Drawn from a
+    stream of its own, so ``systematic_effect: 0`` gives exactly the screen without it.
+    """
+    rng = np.random.default_rng([config.seed, 3])
+    n_lines = len(config.cell_lines)
+
+    def programme() -> np.ndarray:
+        values = np.zeros(config.n_genes)
+        hits = rng.random(config.n_genes) < config.systematic_fraction
+        values[hits] = rng.normal(0.0, config.systematic_effect, hits.sum())
+        return values
+
+    shared = programme()
+    weight = config.systematic_line_weight
+    systematic = np.stack([(1.0 - weight) * shared + weight * programme() for _ in range(n_lines)])
+    return systematic, rng.uniform(0.6, 1.0, (n_perturbed, n_lines))
+
+
+def _draw_biology(config: SimulationConfig, rng: np.random.Generator) -> _Biology:
+    genes = _draw_genes(config, rng)
+    shared, line_specific = _draw_programmes(config, genes, rng)
+    n_perturbed = int(genes["perturbed"].sum())
+    gene_specific = np.stack([_sparse_programme(config, rng, 0.5) for _ in range(n_perturbed)])
+    # Coverage: each perturbation is screened in a random subset of lines (at least one).
+    n_lines = len(config.cell_lines)
+    coverage = rng.random((n_perturbed, n_lines)) < config.line_coverage
+    coverage[np.arange(n_perturbed), rng.integers(0, n_lines, n_perturbed)] = True
+    base_log_mean = np.log(config.median_expression) + rng.normal(
+        0.0, config.expression_log_sd, config.n_genes
+    )
+    systematic, systematic_scale = _draw_systematic(config, n_perturbed)
+    return _Biology(
+        genes,
+        shared,
+        line_specific,
+        gene_specific,
+        coverage,
+        base_log_mean,
+        systematic,
+        systematic_scale,
+    )
+
+
+def _group_size(config: SimulationConfig, rng: np.random.Generator) -> int:
+    quarter = config.cells_per_perturbation // 4
+    n_cells = config.cells_per_perturbation + int(rng.integers(-quarter, quarter + 1))
+    if rng.random() < config.sparse_group_fraction:
+        n_cells = int(rng.integers(1, 4))
+    return max(n_cells, 1)
+
+
+def _line_groups(
+    config: SimulationConfig,
+    biology: _Biology,
+    line_index: int,
+    line_base: np.ndarray,
+    rng: np.random.Generator,
+) -> list[tuple[str, np.ndarray, int]]:
+    """(label, log mean, cell count) of every group of one line, controls first."""
+    genes = biology.genes
+    module = genes["module"].to_numpy()
+    strength = genes["effect_strength"].to_numpy(dtype=np.float64)
+    groups: list[tuple[str, np.ndarray, int]] = []
+    for row, gene_index in enumerate(biology.perturbed_index):
+        if not biology.coverage[row, line_index]:
+            continue
+        n_cells = _group_size(config, rng)
+        response = config.gene_specific_weight * biology.gene_specific[row]
+        if module[gene_index] != NO_MODULE:
+            m, w = module[gene_index], config.line_specific_weight
+            response = (
+                response + (1.0 - w) * biology.shared[m] + w * biology.line_specific[line_index, m]
+            )
+        # Strength varies a little per line, so lines differ in magnitude as well as direction.
+        response = strength[gene_index] * rng.uniform(0.7, 1.3) * response
+        systematic = biology.systematic_scale[row, line_index] * biology.systematic[line_index]
+        log_mean = line_base + systematic + response
+        knockdown = rng.uniform(*config.knockdown_range)
+        log_mean[gene_index] += np.log1p(-knockdown)
+        groups.append((genes.index[gene_index], log_mean, n_cells))
+    n_perturbed_cells = sum(size for _, _, size in groups)
+    n_control = max(
+        1, round(config.control_fraction / (1 - config.control_fraction) * n_perturbed_cells)
+    )
+    return [(CONTROL_LABEL, line_base.copy(), n_control), *groups]
+
+
+def _gem_numbers(config: SimulationConfig, n_batches: int) -> np.ndarray:
+    """gem_group numbers unique per line (like the real file): line L's batches are L*100+1..."""
+    return np.array(
+        [
+            (index // config.batches_per_line + 1) * 100 + index % config.batches_per_line + 1
+            for index in range(n_batches)
+        ]
+    )
+
+
 def plan_screen(config: SimulationConfig) -> ScreenPlan:
     """Draw genes, programmes, baselines and every cell's labels (no counts yet)."""
     config.validate()
     rng = np.random.default_rng(config.seed)
-    genes = _draw_genes(config, rng)
-    shared, line_specific = _draw_programmes(config, genes, rng)
-    module = genes["module"].to_numpy()
-    strength = genes["effect_strength"].to_numpy(dtype=np.float64)
-    perturbed_symbols = genes.index[genes["perturbed"].to_numpy()]
-    perturbed_index = np.flatnonzero(genes["perturbed"].to_numpy())
-    gene_specific = np.stack([_sparse_programme(config, rng, 0.5) for _ in perturbed_index])
-
-    # Coverage: each perturbation is screened in a random subset of lines (at least one).
-    n_lines = len(config.cell_lines)
-    coverage = rng.random((len(perturbed_index), n_lines)) < config.line_coverage
-    coverage[np.arange(len(perturbed_index)), rng.integers(0, n_lines, len(perturbed_index))] = True
-
-    base_log_mean = np.log(config.median_expression) + rng.normal(
-        0.0, config.expression_log_sd, config.n_genes
-    )
-    n_batches = n_lines * config.batches_per_line
+    biology = _draw_biology(config, rng)
+    n_batches = len(config.cell_lines) * config.batches_per_line
     batch_shifts = rng.normal(0.0, config.batch_effect_sd, (n_batches, config.n_genes))
     batch_shifts += rng.normal(0.0, config.batch_effect_sd, (n_batches, 1))  # per-batch depth
 
@@ -260,36 +374,8 @@ def plan_screen(config: SimulationConfig) -> ScreenPlan:
     group_sizes: list[int] = []
     batch_index_parts: list[np.ndarray] = []
     for line_index, line in enumerate(config.cell_lines):
-        line_base = base_log_mean + rng.normal(0.0, config.line_baseline_sd, config.n_genes)
-        groups: list[tuple[str, np.ndarray, int]] = []
-        for row, gene_index in enumerate(perturbed_index):
-            if not coverage[row, line_index]:
-                continue
-            n_cells = config.cells_per_perturbation + int(
-                rng.integers(
-                    -config.cells_per_perturbation // 4, config.cells_per_perturbation // 4 + 1
-                )
-            )
-            if rng.random() < config.sparse_group_fraction:
-                n_cells = int(rng.integers(1, 4))
-            n_cells = max(n_cells, 1)
-            response = config.gene_specific_weight * gene_specific[row]
-            if module[gene_index] != NO_MODULE:
-                m = module[gene_index]
-                w = config.line_specific_weight
-                response = response + (1.0 - w) * shared[m] + w * line_specific[line_index, m]
-            # Strength varies a little per line, so lines differ in magnitude as well as direction.
-            response = strength[gene_index] * rng.uniform(0.7, 1.3) * response
-            log_mean = line_base + response
-            knockdown = rng.uniform(*config.knockdown_range)
-            log_mean[gene_index] += np.log1p(-knockdown)
-            groups.append((perturbed_symbols[row], log_mean, n_cells))
-        n_perturbed_cells = sum(size for _, _, size in groups)
-        n_control = max(
-            1, round(config.control_fraction / (1 - config.control_fraction) * n_perturbed_cells)
-        )
-        groups.insert(0, (CONTROL_LABEL, line_base.copy(), n_control))
-        for label, log_mean, n_cells in groups:
+        line_base = biology.base_log_mean + rng.normal(0.0, config.line_baseline_sd, config.n_genes)
+        for label, log_mean, n_cells in _line_groups(config, biology, line_index, line_base, rng):
             group_log_means.append(log_mean)
             group_sizes.append(n_cells)
             batch_index_parts.append(
@@ -300,20 +386,13 @@ def plan_screen(config: SimulationConfig) -> ScreenPlan:
 
     obs = pd.concat(obs_parts, ignore_index=True)
     cell_batch_index = np.concatenate(batch_index_parts)
-    # gem_group numbers are unique per line (like the real file): line L's batches are L*100+1...
-    gem_numbers = np.array(
-        [
-            (index // config.batches_per_line + 1) * 100 + index % config.batches_per_line + 1
-            for index in range(n_batches)
-        ]
-    )
-    obs["gem_group"] = gem_numbers[cell_batch_index]
+    obs["gem_group"] = _gem_numbers(config, n_batches)[cell_batch_index]
     obs["gene"] = pd.Categorical(obs["gene"])
     obs["cell_line"] = pd.Categorical(obs["cell_line"], categories=list(config.cell_lines))
     obs.index = pd.Index([f"cell{index:07d}" for index in range(len(obs))])
     group_starts = np.concatenate([[0], np.cumsum(group_sizes)[:-1]]).astype(np.int64)
     return ScreenPlan(
-        config, genes, obs, group_starts, group_log_means, cell_batch_index, batch_shifts
+        config, biology.genes, obs, group_starts, group_log_means, cell_batch_index, batch_shifts
     )
 
 

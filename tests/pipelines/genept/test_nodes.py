@@ -1,4 +1,5 @@
-"""genept nodes: symbol matching, aliases, missing policy, bad vectors, real GenePT and text embeddings."""
+"""genept nodes: symbol matching, aliases, missing policy, bad vectors, real GenePT vectors and
+text embeddings."""
 
 from __future__ import annotations
 

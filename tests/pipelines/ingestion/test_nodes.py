@@ -14,16 +14,13 @@ import scipy.sparse as sp
 
 from ptrag_kedro.datasets import AnnDataDataset
 from ptrag_kedro.pipelines.ingestion.nodes import (
-    CONTROL,
-    TEST,
-    TRAIN,
-    VAL,
     ScreenError,
-    screen_fingerprint,
     select_features,
     split_screen,
     standardise_screen,
 )
+from ptrag_kedro.provenance import screen_fingerprint
+from ptrag_kedro.schema import CONTROL, TEST, TRAIN, VAL
 
 
 def ingest(

@@ -150,3 +150,47 @@ def test_diagnostics_module_precision(setup) -> None:
     assert figure.axes
     report, _ = retrieval_diagnostics(candidates, embeddings, index, None)
     assert report["module_precision"] is None
+
+
+def test_perturbation_responses_are_train_group_means(prepared_inputs) -> None:
+    """Each row against a pandas group-by on the dense screen; val and test never enter."""
+    from ptrag_kedro.pipelines.retrieval_index.nodes import build_perturbation_responses
+
+    screen, manifest = prepared_inputs["screen"], prepared_inputs["split_manifest"]
+    responses = build_perturbation_responses(screen, manifest)
+    frame = pd.DataFrame(
+        screen.X.toarray() if hasattr(screen.X, "toarray") else screen.X,
+        columns=screen.var_names,
+    )
+    frame["line"] = screen.obs["cell_line"].astype(str).to_numpy()
+    frame["name"] = screen.obs["perturbation"].astype(str).to_numpy()
+    frame["split"] = screen.obs["split"].astype(str).to_numpy()
+    controls = frame[frame["split"] == "control"].groupby("line")[list(screen.var_names)].mean()
+    train = frame[frame["split"] == "train"]
+    means = train.groupby(["line", "name"])[list(screen.var_names)].mean()
+    sizes = train.groupby(["line", "name"]).size()
+    assert len(responses) == len(means)
+    for _, row in responses.iterrows():
+        key = (row["cell_line"], row["perturbation"])
+        expected = means.loc[key] - controls.loc[row["cell_line"]]
+        np.testing.assert_allclose(row[list(screen.var_names)].to_numpy(float), expected, atol=1e-5)
+        assert row["n_cells"] == sizes.loc[key]
+        assert row["perturbation"] in manifest["cell_lines"][row["cell_line"]]["train"]
+    assert responses.attrs["screen_fingerprint"] == manifest["screen_fingerprint"]
+
+
+def test_perturbation_responses_refuse_a_manifest_that_disagrees(prepared_inputs) -> None:
+    from ptrag_kedro.pipelines.retrieval_index.nodes import build_perturbation_responses
+
+    manifest = {
+        **prepared_inputs["split_manifest"],
+        "cell_lines": {
+            line: {**entry, "train": entry["train"][1:]}
+            for line, entry in prepared_inputs["split_manifest"]["cell_lines"].items()
+        },
+    }
+    with pytest.raises(RetrievalError, match="does not list as train"):
+        build_perturbation_responses(prepared_inputs["screen"], manifest)
+    stale = {**prepared_inputs["split_manifest"], "screen_fingerprint": "other"}
+    with pytest.raises(StaleArtefactError, match="kedro run --pipeline=ingestion"):
+        build_perturbation_responses(prepared_inputs["screen"], stale)

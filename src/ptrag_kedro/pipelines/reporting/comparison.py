@@ -1,0 +1,175 @@
+"""The side-by-side comparison of every variant and baseline, and the paired tests.
+
+``comparison``: methods x metrics, the mean over test conditions per seed, then mean and sd over
+seeds (and the median over conditions, averaged over seeds), with each metric's direction and
+chance level. ``paired_tests``: every variant against the reference variant and against the
+best baseline of each metric, paired over test conditions (each method's value averaged over its
+seeds first): Wilcoxon signed-rank p-value, mean difference, the fraction of conditions where
+the variant is better, and in how many seeds its mean is better.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ptrag_kedro.metrics import metric_registry, paired_test
+from ptrag_kedro.parameters import ReportingParameters
+from ptrag_kedro.schema import CELL_LINE, PERTURBATION
+
+COMPARISON_COLUMNS = [
+    "method",
+    "kind",
+    "metric",
+    "higher_is_better",
+    "mean",
+    "sd",
+    "median",
+    "n_seeds",
+    "n_conditions",
+    "chance",
+]
+
+
+PAIRED_COLUMNS = [
+    "method",
+    "comparator",
+    "role",
+    "metric",
+    "higher_is_better",
+    "n_conditions",
+    "mean_difference",
+    "median_difference",
+    "better_fraction",
+    "p_value",
+    "seeds_better",
+    "significantly_better",
+]
+
+
+def collect_metrics(baselines: pd.DataFrame, variants: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One long table of every method's metrics (variants named by their keys)."""
+    tables = [metrics.assign(method=name) for name, metrics in variants.items()]
+    return pd.concat([*tables, baselines], ignore_index=True)
+
+
+def _sd(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(
+    metrics: pd.DataFrame, variants: list[str], reporting: ReportingParameters
+) -> pd.DataFrame:
+    """``comparison``: one row per (method, metric), variants first, then baselines."""
+    registry = metric_registry(reporting.n_pcs, reporting.de_top_n)
+    level = metrics["level"]
+    per_seed = metrics[level == "mean"].groupby(["method", "metric"])["value"]
+    comparison = per_seed.agg(mean="mean", sd=_sd, n_seeds="size").join(
+        metrics[level == "median"].groupby(["method", "metric"])["value"].mean().rename("median")
+    )
+    comparison = comparison.reset_index()
+    conditions = metrics[level == "condition"].drop_duplicates(["method", CELL_LINE, PERTURBATION])
+    comparison["n_conditions"] = comparison["method"].map(conditions.groupby("method").size())
+    chance = metrics[level == "chance"].groupby("metric")["value"].first()
+    comparison["chance"] = comparison["metric"].map(chance)
+    comparison["higher_is_better"] = comparison["metric"].map(
+        {name: spec.higher_is_better for name, spec in registry.items()}
+    )
+    comparison["kind"] = np.where(comparison["method"].isin(variants), "model", "baseline")
+    order = [*variants, *reporting.baselines]
+    comparison["method"] = pd.Categorical(comparison["method"], categories=order)
+    comparison["metric"] = pd.Categorical(comparison["metric"], categories=list(registry))
+    comparison = comparison.sort_values(["method", "metric"]).reset_index(drop=True)
+    comparison["method"] = comparison["method"].astype(str)
+    comparison["metric"] = comparison["metric"].astype(str)
+    return comparison[COMPARISON_COLUMNS]
+
+
+def _per_condition(metrics: pd.DataFrame, method: str, metric: str) -> pd.Series:
+    rows = metrics[
+        (metrics["level"] == "condition")
+        & (metrics["method"] == method)
+        & (metrics["metric"] == metric)
+    ]
+    return rows.groupby([CELL_LINE, PERTURBATION])["value"].mean()
+
+
+def _per_seed(metrics: pd.DataFrame, method: str, metric: str) -> pd.Series:
+    rows = metrics[
+        (metrics["level"] == "mean") & (metrics["method"] == method) & (metrics["metric"] == metric)
+    ]
+    return rows.set_index("seed")["value"]
+
+
+def _seeds_better(
+    metrics: pd.DataFrame, method: str, comparator: str, metric: str, higher: bool
+) -> str:
+    """In how many of the method's seeds its mean beats the comparator's (same seed if any)."""
+    ours, theirs = _per_seed(metrics, method, metric), _per_seed(metrics, comparator, metric)
+    better = 0
+    for seed, value in ours.items():
+        other = theirs.get(seed, theirs.mean())
+        better += int(value > other if higher else value < other)
+    return f"{better}/{len(ours)}"
+
+
+def paired_tests(
+    metrics: pd.DataFrame,
+    comparison: pd.DataFrame,
+    variants: list[str],
+    reporting: ReportingParameters,
+) -> pd.DataFrame:
+    """Each variant against the reference variant and the best baseline, per metric."""
+    rows: list[dict[str, Any]] = []
+    for metric, table in comparison.groupby("metric", sort=False):
+        higher = bool(table["higher_is_better"].iloc[0])
+        baselines = table[table["kind"] == "baseline"].dropna(subset=["mean"])
+        best = []
+        if len(baselines):
+            row = baselines["mean"].idxmax() if higher else baselines["mean"].idxmin()
+            best = [(str(baselines.loc[row, "method"]), "best baseline")]
+        for variant in variants:
+            reference = [(reporting.reference_variant, "reference")]
+            comparators = reference * (variant != reporting.reference_variant) + best
+            for comparator, role in comparators:
+                paired = pd.concat(
+                    [
+                        _per_condition(metrics, variant, metric).rename("ours"),
+                        _per_condition(metrics, comparator, metric).rename("theirs"),
+                    ],
+                    axis=1,
+                    join="inner",
+                )
+                result = paired_test(paired["ours"], paired["theirs"], higher)
+                better = result["mean_difference"] > 0 if higher else result["mean_difference"] < 0
+                rows.append(
+                    {
+                        "method": variant,
+                        "comparator": comparator,
+                        "role": role,
+                        "metric": metric,
+                        "higher_is_better": higher,
+                        **result,
+                        "seeds_better": _seeds_better(metrics, variant, comparator, metric, higher),
+                        "significantly_better": bool(
+                            better and result["p_value"] < reporting.significance
+                        ),
+                    }
+                )
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def compare_methods(
+    reporting: ReportingParameters, baselines: pd.DataFrame, **variants: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``comparison`` and ``paired_tests`` of the variants (keyword = name) and baselines."""
+    if reporting.reference_variant not in variants:
+        raise ValueError(
+            f"reporting.reference_variant '{reporting.reference_variant}' is not a variant of "
+            f"this run ({', '.join(variants)})"
+        )
+    metrics = collect_metrics(baselines, variants)
+    comparison = summarise(metrics, list(variants), reporting)
+    return comparison, paired_tests(metrics, comparison, list(variants), reporting)

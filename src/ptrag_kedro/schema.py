@@ -1,0 +1,29 @@
+"""Names shared by every pipeline: obs columns, split values, provenance keys, table columns.
+
+One place for the vocabulary of the project's artefacts, so a pipeline never imports another
+pipeline's nodes to learn a column name.
+"""
+
+from __future__ import annotations
+
+#: Standardised obs columns of ``screen``.
+PERTURBATION, CELL_LINE, BATCH, SPLIT = "perturbation", "cell_line", "batch", "split"
+#: Values of the ``split`` column (controls of every line stay available as basal cells).
+TRAIN, VAL, TEST, CONTROL = "train", "val", "test", "control"
+SPLITS = (TRAIN, VAL, TEST, CONTROL)
+
+#: ``screen.uns`` key holding the screen's provenance (raw file, feature path, fingerprint).
+PROVENANCE_KEY = "ptrag"
+#: ``uns`` key where a loaded AnnData remembers its file, so validation errors can name it.
+SOURCE_FILE_KEY = "ptrag_source_file"
+#: Lightning checkpoint key holding the data fingerprints and model config of the run.
+CHECKPOINT_PROVENANCE_KEY = "ptrag_provenance"
+
+#: Columns of ``perturbation_responses`` besides one column per gene (the mean shift).
+RESPONSE_COLUMNS = (CELL_LINE, PERTURBATION, "n_cells")
+
+#: Columns of a model's ``gates`` table: which candidates a retrieval block used per condition.
+GATE_COLUMNS = ("seed", CELL_LINE, PERTURBATION, "slot", "candidate", "kind", "gate")
+
+#: obs column of predictions naming the control cell each predicted cell was computed from.
+CONTROL_CELL = "control_cell"

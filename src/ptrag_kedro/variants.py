@@ -1,0 +1,72 @@
+"""Which model variants a run trains and reports: the keys of the ``variants`` parameter.
+
+Kedro builds pipelines before it hands parameters to nodes, so the registry asks here. A
+project hook (``hooks.py``) passes the run's merged parameters (environment and ``--params``
+included) as soon as Kedro has made the run's context; without a context (``kedro registry
+list``, a bare import) the names are read from the project's configuration (``conf/base``, then
+``KEDRO_ENV`` or ``conf/local``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: Namespaces the reporting pipeline uses itself.
+RESERVED = {"baselines", "reporting", "training"}
+
+_from_run: tuple[str, ...] | None = None
+_built_with: tuple[str, ...] | None = None
+
+
+class VariantError(ValueError):
+    """The ``variants`` parameter cannot name the run's variants; the message says why."""
+
+
+def names_from_parameters(parameters: dict[str, Any]) -> tuple[str, ...]:
+    """Variant names (in the parameters' order), checked to be usable as dataset namespaces."""
+    variants = parameters.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise VariantError(
+            "parameters: 'variants' must map each variant name to its settings "
+            "(conf/base/parameters_training.yml)"
+        )
+    names = tuple(str(name) for name in variants)
+    for name in names:
+        if not _NAME.match(name) or name in RESERVED:
+            raise VariantError(
+                f"parameters: variant name '{name}' must be letters, digits and underscores, "
+                f"start with a letter, and not be one of {sorted(RESERVED)}"
+            )
+    return names
+
+
+def _names_from_configuration() -> tuple[str, ...]:
+    from kedro.config import OmegaConfigLoader
+    from kedro.framework.project import settings
+    from kedro.utils import find_kedro_project
+
+    project = find_kedro_project(Path.cwd()) or Path.cwd()
+    loader = OmegaConfigLoader(
+        conf_source=str(project / settings.CONF_SOURCE),
+        env=os.environ.get("KEDRO_ENV"),
+        **settings.CONFIG_LOADER_ARGS,
+    )
+    return names_from_parameters(loader["parameters"])
+
+
+def use_run_parameters(parameters: dict[str, Any]) -> bool:
+    """Take the variant names of this run; True when pipelines built before must be rebuilt."""
+    global _from_run
+    _from_run = names_from_parameters(parameters)
+    return _built_with is not None and _built_with != _from_run
+
+
+def variant_names() -> tuple[str, ...]:
+    """The variants of the current run (recorded as the ones the pipelines are built with)."""
+    global _built_with
+    _built_with = _from_run if _from_run is not None else _names_from_configuration()
+    return _built_with
