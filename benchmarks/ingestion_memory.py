@@ -23,19 +23,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _INGEST = r"""
 import json, sys, time, yaml
 from ptrag_kedro.datasets import AnnDataDataset
-from ptrag_kedro.pipelines.ingestion.nodes import select_features, split_screen, standardise_screen
+from ptrag_kedro.parameters import FeatureParameters, ObsColumns, SplitParameters
+from ptrag_kedro.pipelines.ingestion.nodes import (
+    filter_cells, record_fingerprint, select_features, split_screen, standardise_screen,
+)
 raw_path, out_path, n_top_genes = sys.argv[1], sys.argv[2], int(sys.argv[3])
 params = yaml.safe_load(open("conf/base/parameters_ingestion.yml"))["ingestion"]
 params["split"].update(heldout_cell_line="hepg2", split_file=None)
 params["features"]["n_top_genes"] = n_top_genes
+features = FeatureParameters(**params["features"])
 start = time.perf_counter()
 raw = AnnDataDataset(filepath=raw_path).load()
 loaded = time.perf_counter()
-standardised = standardise_screen(raw, params["columns"])
-screen, manifest = split_screen(
-    select_features(standardised, params["features"]), params["split"], None
-)
+standardised = standardise_screen(raw, ObsColumns(**params["columns"]), raw_path)
 del raw
+split, manifest = split_screen(
+    filter_cells(standardised, features), SplitParameters(**params["split"]), None
+)
+del standardised
+screen, manifest = record_fingerprint(select_features(split, features), manifest)
+del split
 AnnDataDataset(filepath=out_path).save(screen)
 done = time.perf_counter()
 print(json.dumps({"load_s": loaded - start, "ingest_and_save_s": done - loaded,

@@ -11,7 +11,6 @@ import anndata as ad
 import pytest
 import yaml
 
-from ptrag_kedro.schema import SOURCE_FILE_KEY
 from ptrag_kedro.simulation import SimulationConfig, simulate_screen
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +51,8 @@ def _tiny_screen(tiny_config: SimulationConfig) -> ad.AnnData:
 
 @pytest.fixture
 def tiny_screen(_tiny_screen: ad.AnnData) -> ad.AnnData:
-    """A fresh copy of the tiny raw screen (tests may modify it), named as if loaded from disk."""
-    screen = _tiny_screen.copy()
-    screen.uns[SOURCE_FILE_KEY] = "tiny_screen.h5ad"
-    return screen
+    """A fresh copy of the tiny raw screen (tests may modify it)."""
+    return _tiny_screen.copy()
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +63,7 @@ def _ingestion_params() -> dict[str, Any]:
     params["split"]["heldout_cell_line"] = "hepg2"
     params["split"]["split_file"] = None
     params["features"]["n_top_genes"] = 100
+    del params["raw_screen"]  # a run-time path; tests name their screen themselves
     return params
 
 
@@ -75,17 +73,37 @@ def ingestion_params(_ingestion_params: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(_ingestion_params)
 
 
+def ingest(
+    raw: ad.AnnData,
+    params: dict[str, Any],
+    split_lists: dict[str, Any] | None = None,
+    source: str = "tiny_screen.h5ad",
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    """The ingestion nodes in pipeline order, with the parameters Kedro would instantiate."""
+    from ptrag_kedro.parameters import FeatureParameters, ObsColumns, SplitParameters
+    from ptrag_kedro.pipelines.ingestion.nodes import (
+        filter_cells,
+        record_fingerprint,
+        select_features,
+        split_screen,
+        standardise_screen,
+    )
+
+    features = FeatureParameters(**params["features"])
+    standardised = standardise_screen(raw, ObsColumns(**params["columns"]), source)
+    split, manifest = split_screen(
+        filter_cells(standardised, features), SplitParameters(**params["split"]), split_lists
+    )
+    return record_fingerprint(select_features(split, features), manifest)
+
+
 @pytest.fixture(scope="session")
 def prepared_inputs(
     tiny_config: SimulationConfig, _ingestion_params: dict[str, Any]
 ) -> dict[str, Any]:
     """The tiny demo screen through ingestion, genept and retrieval_index (node functions)."""
+    from ptrag_kedro.parameters import GeneptParameters, RetrievalParameters
     from ptrag_kedro.pipelines.genept.nodes import build_perturbation_embeddings
-    from ptrag_kedro.pipelines.ingestion.nodes import (
-        select_features,
-        split_screen,
-        standardise_screen,
-    )
     from ptrag_kedro.pipelines.retrieval_index.nodes import (
         build_perturbation_responses,
         build_retrieval_index,
@@ -93,24 +111,12 @@ def prepared_inputs(
     )
     from ptrag_kedro.simulation import plan_screen, simulate_gene_embeddings
 
-    params = copy.deepcopy(_ingestion_params)
-    raw = simulate_screen(tiny_config)
-    screen, manifest = split_screen(
-        select_features(standardise_screen(raw, params["columns"]), params["features"]),
-        params["split"],
-        None,
-    )
+    screen, manifest = ingest(simulate_screen(tiny_config), copy.deepcopy(_ingestion_params))
     vectors = simulate_gene_embeddings(tiny_config, plan_screen(tiny_config).genes)
-    genept = {
-        "source": "file",
-        "missing": "error",
-        "max_missing_fraction": 0.0,
-        "text_model": "",
-        "batch_size": 1,
-    }
+    genept = GeneptParameters(missing="error", max_missing_fraction=0.0)
     embeddings, _ = build_perturbation_embeddings(vectors, None, None, manifest, genept)
     index = build_retrieval_index(embeddings, manifest)
-    candidates = find_retrieval_candidates(index, embeddings, manifest, {"k": 5})
+    candidates = find_retrieval_candidates(index, embeddings, manifest, RetrievalParameters(k=5))
     return {
         "screen": screen,
         "split_manifest": manifest,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ptrag_kedro.models.module import ModelConfig
 
@@ -139,3 +139,130 @@ class ReportingParameters:
             "reporting.ridge_alphas must be a non-empty list of positive values",
         )
         _require(0 < self.significance < 1, "reporting.significance must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ObsColumns:
+    """``ingestion.columns``: the raw screen's obs columns, and the control label."""
+
+    perturbation: str = "gene"
+    cell_line: str = "cell_line"
+    batch: str = "gem_group"
+    control_label: str = "non-targeting"
+
+
+HvgFlavor = Literal["seurat", "cell_ranger"]
+
+
+@dataclass(frozen=True)
+class FeatureParameters:
+    """``ingestion.features``: quality control and the feature matrix."""
+
+    #: used as the features when the screen has it (the preprint file's log-normalised HVGs)
+    obsm_key: str | None = "X_hvg"
+    min_cells_per_perturbation: int = 5
+    min_genes_per_cell: int = 50
+    normalize_target_sum: float = 10_000.0
+    n_top_genes: int = 2000
+    #: scanpy's flavours for log-normalised data
+    hvg_flavor: HvgFlavor = "seurat"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.hvg_flavor in get_args(HvgFlavor),
+            f"ingestion.features.hvg_flavor must be one of {get_args(HvgFlavor)}",
+        )
+        for name in ("min_cells_per_perturbation", "min_genes_per_cell"):
+            _require(int(getattr(self, name)) >= 0, f"ingestion.features.{name} must be >= 0")
+        _require(self.n_top_genes >= 1, "ingestion.features.n_top_genes must be >= 1")
+        _require(self.normalize_target_sum > 0, "ingestion.features.normalize_target_sum > 0")
+
+
+SplitMode = Literal["few_shot", "zero_shot"]
+
+
+@dataclass(frozen=True)
+class SplitParameters:
+    """``ingestion.split``: which line is held out and how its perturbations are split."""
+
+    heldout_cell_line: str
+    mode: SplitMode = "few_shot"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.3
+    seed: int = 0
+    #: the val/test lists' file (recorded in the manifest; the catalog's ``split_lists`` reads it)
+    split_file: str | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "heldout_cell_line", str(self.heldout_cell_line).strip())
+        _require(
+            self.mode in get_args(SplitMode),
+            f"ingestion.split.mode must be few_shot or zero_shot, not '{self.mode}'",
+        )
+        _require(
+            0 <= self.val_fraction <= 1
+            and 0 <= self.test_fraction <= 1
+            and self.val_fraction + self.test_fraction <= 1,
+            "ingestion.split.val_fraction and test_fraction must be in [0, 1], summing to <= 1",
+        )
+
+
+@dataclass(frozen=True)
+class DownloadParameters:
+    """``download``: the real screen's URL (set in conf/replogle) and how to stream it."""
+
+    url: str | None = None
+    #: bytes; None trusts the server's Content-Length / Content-Range
+    expected_size: int | None = None
+    chunk_size: int = 1 << 20
+    timeout_s: float = 30.0
+    #: environment variable holding a Hugging Face token, for a gated dataset
+    token_env_var: str = "HF_TOKEN"
+
+    def __post_init__(self) -> None:
+        _require(self.chunk_size >= 1, "download.chunk_size must be >= 1")
+        _require(self.timeout_s > 0, "download.timeout_s must be > 0")
+
+
+GeneptSource = Literal["file", "summaries"]
+MissingPolicy = Literal["drop", "error"]
+
+
+@dataclass(frozen=True)
+class GeneptParameters:
+    """``genept``: where gene vectors come from and what to do about genes without one."""
+
+    #: file: a GenePT-format file (gene_embeddings_path); summaries: embed gene_summaries_path
+    #: with the catalog's ``text_model``
+    source: GeneptSource = "file"
+    batch_size: int = 64
+    missing: MissingPolicy = "drop"
+    #: with ``missing: drop``, more missing than this is an error
+    max_missing_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _require(
+            self.source in get_args(GeneptSource),
+            f"genept.source must be 'file' or 'summaries', not '{self.source}'",
+        )
+        _require(
+            self.missing in get_args(MissingPolicy),
+            f"genept.missing must be 'drop' or 'error', not '{self.missing}'",
+        )
+        _require(self.batch_size >= 1, "genept.batch_size must be >= 1")
+        _require(0 <= self.max_missing_fraction <= 1, "genept.max_missing_fraction in [0, 1]")
+
+
+@dataclass(frozen=True)
+class RetrievalParameters:
+    """``retrieval_index``: candidates per perturbation."""
+
+    #: top-K train perturbations per query; ``auto``: the paper's 32, or fewer when the screen
+    #: has fewer train perturbations (at most their number minus one, the query excluded)
+    k: int | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.k == "auto" or (isinstance(self.k, int) and self.k >= 1),
+            f"retrieval_index.k must be a positive integer or auto, not {self.k!r}",
+        )

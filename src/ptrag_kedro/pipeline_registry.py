@@ -17,7 +17,8 @@ from ptrag_kedro.variants import variant_names
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Every pipeline package, ``train_<variant>`` per variant, ``analysis``, ``__default__``.
+    """Every pipeline package, ``train_<variant>`` per variant, ``prepare``, ``analysis`` and
+    ``__default__``.
 
     The packages are listed here rather than found with ``find_pipelines``: since Kedro 1.5,
     ``find_pipelines`` under ``kedro run --pipeline=NAME`` imports only a package called NAME, and
@@ -36,14 +37,13 @@ def register_pipelines() -> dict[str, Pipeline]:
     for variant in variants:
         pipelines[f"train_{variant}"] = training.variant_pipeline(variant)
     pipelines["training"] = training.create_pipeline(variants)
+    # What training needs, from the raw screen: works on any screen.
+    inputs = pipelines["ingestion"] + pipelines["genept"] + pipelines["retrieval_index"]
     # Everything that reads the raw screen, in run order: works on any screen.
-    pipelines["analysis"] = (
-        pipelines["ingestion"]
-        + pipelines["genept"]
-        + pipelines["retrieval_index"]
-        + pipelines["training"]
-        + pipelines["reporting"]
-    )
+    pipelines["analysis"] = inputs + pipelines["training"] + pipelines["reporting"]
+    # The one command a fresh clone runs before `--pipelines=train_<variant>`: the demo screen
+    # and everything training reads from it.
+    pipelines["prepare"] = pipelines["demo"] + inputs
     # A bare `kedro run` simulates the demo screen first, so it works on a fresh clone.
     pipelines["__default__"] = pipelines["demo"] + pipelines["analysis"]
     return pipelines

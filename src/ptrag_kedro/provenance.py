@@ -64,14 +64,14 @@ def check_inputs(
         "screen",
         split_manifest["screen_fingerprint"],
         screen_print,
-        "kedro run --pipeline=ingestion",
+        "kedro run --pipelines=ingestion",
     )
     require_same(
         "perturbation_embeddings",
         "screen",
         embeddings.attrs.get("screen_fingerprint"),
         screen_print,
-        "kedro run --pipeline=genept",
+        "kedro run --pipelines=genept",
     )
     embeddings_print = embeddings.attrs["embeddings_fingerprint"]
     if candidates is not None:
@@ -80,7 +80,7 @@ def check_inputs(
             "perturbation embeddings",
             candidates.attrs.get("embeddings_fingerprint"),
             embeddings_print,
-            "kedro run --pipeline=retrieval_index",
+            "kedro run --pipelines=retrieval_index",
         )
     if responses is not None:
         require_same(
@@ -88,6 +88,6 @@ def check_inputs(
             "screen",
             responses.attrs.get("screen_fingerprint"),
             screen_print,
-            "kedro run --pipeline=retrieval_index",
+            "kedro run --pipelines=retrieval_index",
         )
     return {"screen_fingerprint": screen_print, "embeddings_fingerprint": embeddings_print}

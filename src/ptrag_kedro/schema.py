@@ -14,8 +14,6 @@ SPLITS = (TRAIN, VAL, TEST, CONTROL)
 
 #: ``screen.uns`` key holding the screen's provenance (raw file, feature path, fingerprint).
 PROVENANCE_KEY = "ptrag"
-#: ``uns`` key where a loaded AnnData remembers its file, so validation errors can name it.
-SOURCE_FILE_KEY = "ptrag_source_file"
 #: Lightning checkpoint key holding the data fingerprints and model config of the run.
 CHECKPOINT_PROVENANCE_KEY = "ptrag_provenance"
 

@@ -1,8 +1,17 @@
 """Project settings (Kedro defaults unless stated)."""
 
+import warnings
+
 from kedro.config import OmegaConfigLoader
 
 from ptrag_kedro.hooks import VariantRegistryHooks
+
+# Kedro 1.7's own use of omegaconf 2.4, and Lightning 2.6's of torch's pytree API, warn on every
+# run; there is nothing for a user to do about either.
+warnings.filterwarnings(
+    "ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning
+)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 HOOKS = (VariantRegistryHooks(),)
 

@@ -13,7 +13,6 @@ import pytest
 from kedro.io import DatasetError
 
 from ptrag_kedro.datasets import AnnDataDataset, GeneEmbeddingDataset, JSONDataset
-from ptrag_kedro.schema import SOURCE_FILE_KEY
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -27,11 +26,7 @@ def test_anndata_round_trip(tmp_path: Path, tiny_screen: ad.AnnData) -> None:
     assert (loaded.X != tiny_screen.X).nnz == 0
     pd.testing.assert_frame_equal(loaded.obs, tiny_screen.obs)
     assert list(loaded.var_names) == list(tiny_screen.var_names)
-    # The loaded object remembers its file (for error messages) but never writes it back.
-    assert loaded.uns[SOURCE_FILE_KEY] == str(tmp_path / "screen.h5ad")
-    assert SOURCE_FILE_KEY in tiny_screen.uns
-    dataset.save(loaded)
-    assert SOURCE_FILE_KEY not in ad.read_h5ad(tmp_path / "screen.h5ad").uns
+    assert set(loaded.uns) == set(tiny_screen.uns) == {"simulation"}
     assert _leftovers(tmp_path) == []
 
 
@@ -102,6 +97,22 @@ def test_json_round_trip_and_optional(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(DatasetError, match="broken.json: not valid JSON"):
         JSONDataset(filepath=str(tmp_path / "broken.json")).load()
+
+
+def test_json_saves_are_atomic_and_checked(tmp_path: Path) -> None:
+    """A save that fails half-way keeps the previous file; a refused folder is never written."""
+    dataset = JSONDataset(filepath=str(tmp_path / "manifest.json"))
+    dataset.save({"n": 1})
+    with pytest.raises(DatasetError):  # Kedro wraps the TypeError of an unserialisable value
+        dataset.save({"n": 2, "bad": object()})
+    assert dataset.load() == {"n": 1}
+    assert _leftovers(tmp_path) == []
+    guarded = JSONDataset(
+        filepath=str(tmp_path / "elsewhere" / "x.json"), write_only_under=str(tmp_path / "raw")
+    )
+    with pytest.raises(DatasetError, match="refusing to write"):
+        guarded.save({"n": 3})
+    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("name", ["emb.pickle", "emb.csv", "emb.csv.gz", "emb.parquet"])

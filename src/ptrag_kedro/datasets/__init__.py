@@ -1,5 +1,5 @@
 """Custom Kedro datasets: h5ad, JSON, parquet, CSV (atomic), gene-embedding files, faiss indexes,
-torch models and checkpoint folders."""
+torch models, checkpoint folders and the text model."""
 
 from ptrag_kedro.datasets.anndata_dataset import AnnDataDataset
 from ptrag_kedro.datasets.checkpoint_dataset import CheckpointDirectory, CheckpointDirectoryDataset
@@ -8,6 +8,7 @@ from ptrag_kedro.datasets.faiss_dataset import FaissIndexDataset
 from ptrag_kedro.datasets.gene_embedding_dataset import GeneEmbeddingDataset
 from ptrag_kedro.datasets.json_dataset import JSONDataset
 from ptrag_kedro.datasets.parquet_dataset import ParquetDataset
+from ptrag_kedro.datasets.text_model_dataset import TextModel, TextModelDataset
 from ptrag_kedro.datasets.torch_model_dataset import TorchModelDataset
 
 __all__ = [
@@ -19,5 +20,7 @@ __all__ = [
     "GeneEmbeddingDataset",
     "JSONDataset",
     "ParquetDataset",
+    "TextModel",
+    "TextModelDataset",
     "TorchModelDataset",
 ]

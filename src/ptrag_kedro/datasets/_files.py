@@ -50,7 +50,7 @@ def check_write_allowed(filepath: Path, write_only_under: Path | None) -> None:
         raise DatasetError(
             f"{filepath}: refusing to write here; this dataset may only be written under "
             f"{write_only_under} (the demo simulator never overwrites a user's file: run "
-            "`kedro run --pipeline=analysis` to analyse it)"
+            "`kedro run --pipelines=analysis` to analyse it)"
         )
 
 

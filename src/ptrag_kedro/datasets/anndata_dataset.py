@@ -8,13 +8,13 @@ from typing import Any
 import anndata as ad
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset
-from ptrag_kedro.schema import SOURCE_FILE_KEY
+from ptrag_kedro.datasets._files import LocalFileDataset, check_write_allowed
+from ptrag_kedro.download import RemoteFile
 
 logger = logging.getLogger(__name__)
 
 
-class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
+class AnnDataDataset(LocalFileDataset[ad.AnnData | RemoteFile, ad.AnnData]):
     """Load and save an ``AnnData`` as h5ad.
 
     Example catalog entry::
@@ -57,7 +57,7 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
     def load(self) -> ad.AnnData:
         self._require_file()
         try:
-            adata = ad.read_h5ad(self._filepath, **self._load_args)
+            return ad.read_h5ad(self._filepath, **self._load_args)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             # h5py reports truncation and foreign formats as OSError with a multi-line text.
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -65,18 +65,17 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData, ad.AnnData]):
                 f"{self._filepath}: not a readable h5ad file (truncated or another format): "
                 f"{reason}"
             ) from exc
-        adata.uns[SOURCE_FILE_KEY] = str(self._filepath)
-        return adata
 
-    def save(self, data: ad.AnnData) -> None:
-        # The source path is run-time context, not content: keep it out of the file.
-        source_file = data.uns.pop(SOURCE_FILE_KEY, None)
-        try:
-            with self._write_target() as tmp_path:
-                data.write_h5ad(tmp_path, **self._save_args)
-        finally:
-            if source_file is not None:
-                data.uns[SOURCE_FILE_KEY] = source_file
+    def save(self, data: ad.AnnData | RemoteFile) -> None:
+        """Write an ``AnnData``; or fetch a :class:`RemoteFile` to this path (the download node's
+        output): streamed to ``<file>.part``, resumed after an interruption, size-checked, then
+        renamed; a complete file already here is left alone."""
+        if isinstance(data, RemoteFile):
+            check_write_allowed(self._filepath, self._write_only_under)
+            data.fetch(self._filepath)
+            return
+        with self._write_target() as tmp_path:
+            data.write_h5ad(tmp_path, **self._save_args)
         logger.info("Wrote %s (%d cells x %d genes)", self._filepath, data.n_obs, data.n_vars)
 
     def _describe(self) -> dict[str, Any]:

@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import atomic_write_path, missing_hint
+from ptrag_kedro.datasets._files import LocalFileDataset
 
 
-class JSONDataset(AbstractDataset[Any, Any]):
-    """Load and save JSON; saves are atomic (temporary file, then rename).
+class JSONDataset(LocalFileDataset[Any, Any]):
+    """Load and save JSON; saves go through the shared atomic, ``write_only_under``-checked path.
 
     Args:
-        filepath: path of the JSON file. With ``optional: true`` it may be empty or null,
-            and then ``load`` returns ``None`` (the run did not supply the file).
+        filepath: path of the JSON file. With ``optional: true`` it may be empty or null (the run
+            did not supply the file): ``load`` then returns ``None``.
         optional: allow an empty ``filepath``.
         save_args: passed to ``json.dump`` (default ``indent=2``).
+        write_only_under: if set, saving anywhere outside this folder is refused.
         produced_by: the command that creates the file, named when it is missing.
         metadata: free-form metadata for plugins, ignored here.
     """
+
+    file_kind = "JSON file"
 
     def __init__(
         self,
@@ -29,23 +31,26 @@ class JSONDataset(AbstractDataset[Any, Any]):
         filepath: str | None,
         optional: bool = False,
         save_args: dict[str, Any] | None = None,
+        write_only_under: str | None = None,
         produced_by: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if not filepath and not optional:
             raise DatasetError("JSONDataset: 'filepath' is empty and the dataset is not optional")
-        self._filepath = Path(filepath) if filepath else None
+        super().__init__(
+            filepath=filepath or "",
+            optional=optional,
+            write_only_under=write_only_under,
+            produced_by=produced_by,
+            metadata=metadata,
+        )
+        self._no_file = not filepath
         self._save_args = {"indent": 2, **(save_args or {})}
-        self._produced_by = produced_by
-        self.metadata = metadata
 
     def load(self) -> Any:
-        if self._filepath is None:
+        if self._no_file:
             return None
-        if not self._filepath.is_file():
-            raise DatasetError(
-                f"{self._filepath}: no such JSON file{missing_hint(self._produced_by)}"
-            )
+        self._require_file()
         try:
             with self._filepath.open(encoding="utf-8") as handle:
                 return json.load(handle)
@@ -53,14 +58,14 @@ class JSONDataset(AbstractDataset[Any, Any]):
             raise DatasetError(f"{self._filepath}: not valid JSON: {exc}") from exc
 
     def save(self, data: Any) -> None:
-        if self._filepath is None:
+        if self._no_file:
             raise DatasetError("JSONDataset: cannot save, no 'filepath' configured")
-        with atomic_write_path(self._filepath) as tmp_path:
+        with self._write_target() as tmp_path:
             with tmp_path.open("w", encoding="utf-8") as handle:
                 json.dump(data, handle, **self._save_args)
 
     def _exists(self) -> bool:
-        return self._filepath is not None and self._filepath.is_file()
+        return not self._no_file and super()._exists()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath) if self._filepath else None}
+        return {**super()._describe(), "filepath": None if self._no_file else str(self._filepath)}

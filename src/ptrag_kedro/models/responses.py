@@ -69,7 +69,7 @@ class ResponseBank:
         if gene_columns != [str(gene) for gene in genes]:
             raise ValueError(
                 "perturbation_responses has another gene order than the screen; rebuild it with "
-                "`kedro run --pipeline=retrieval_index`"
+                "`kedro run --pipelines=retrieval_index`"
             )
         self.cell_lines = list(cell_lines)
         self.neighbours = int(neighbours)

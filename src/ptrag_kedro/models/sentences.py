@@ -163,7 +163,7 @@ class SentenceSampler:
         if missing:
             raise ValueError(
                 f"retrieval_candidates has no candidates for '{missing[0]}' ({len(missing)} "
-                "perturbations); rebuild it with `kedro run --pipeline=retrieval_index`"
+                "perturbations); rebuild it with `kedro run --pipelines=retrieval_index`"
             )
         return groups
 
@@ -321,7 +321,7 @@ def _candidate_rows(
         raise ValueError(
             f"candidates_k = {k}, but retrieval_candidates lists {available} candidates per "
             "perturbation (parameter retrieval_index.k): lower candidates_k, or raise "
-            "retrieval_index.k and run `kedro run --pipeline=retrieval_index`"
+            "retrieval_index.k and run `kedro run --pipelines=retrieval_index`"
         )
     top = candidates[candidates["rank"] < k].sort_values(["perturbation", "rank"])
     if (top["candidate"] == top["perturbation"]).any():

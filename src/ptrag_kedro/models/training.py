@@ -33,8 +33,11 @@ HISTORY_COLUMNS = ["step", "split", "loss", "energy", "kept_fraction"]
 class TrainingPlan(L.LightningModule):
     """Adam on the module's loss; logs the total, the energy and the retrieval's kept fraction.
 
-    Validation draws PT-RAG's sampled gates from a generator seeded per validation batch, so the
-    validation energy of two checks differs only because the weights do.
+    Training step ``i`` seeds torch from (seed, i) before its forward pass, so dropout and
+    PT-RAG's sampled gates depend on the step alone: a resumed run draws what an uninterrupted
+    one would have drawn, whatever else consumed torch's random state in between (data-loader
+    iterators, validation). Validation draws the gates from a generator seeded per validation
+    batch, so the validation energy of two checks differs only because the weights do.
     """
 
     def __init__(
@@ -42,13 +45,13 @@ class TrainingPlan(L.LightningModule):
         model: PerturbationModel,
         learning_rate: float,
         provenance: dict[str, str] | None = None,
-        validation_seed: int = 0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
         self.learning_rate = learning_rate
         self.provenance = dict(provenance or {})
-        self.validation_seed = validation_seed
+        self.seed = seed
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # What the run was built from, so a resume never continues on other data.
@@ -56,6 +59,10 @@ class TrainingPlan(L.LightningModule):
             **self.provenance,
             "model_config": self.model.config.to_dict(),
         }
+
+    def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
+        step_seed = np.random.SeedSequence([self.seed, self.global_step]).generate_state(1)[0]
+        torch.manual_seed(int(step_seed))  # all devices
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         output = self.model(batch)
@@ -69,7 +76,7 @@ class TrainingPlan(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         device = batch[next(iter(batch))].device
         generator = torch.Generator(device=device).manual_seed(
-            self.validation_seed * 100_003 + batch_index
+            self.seed * 100_003 + batch_index
         )
         output = self.model(batch, generator=generator)
         self.log("val_energy", self.model.loss(batch, output).energy, prog_bar=True)
@@ -81,17 +88,25 @@ class TrainingPlan(L.LightningModule):
 
 
 class SentenceStream(IterableDataset):
-    """An endless stream of random training batches (Lightning stops at ``max_steps``)."""
+    """An endless stream of random training batches (Lightning stops at ``max_steps``).
+
+    Batch ``i`` is drawn from a generator seeded by (seed, i), so the stream can start at any
+    step: a resumed run sees the batches an uninterrupted run would have seen.
+    """
 
     def __init__(self, sampler: SentenceSampler, batch_size: int, seed: int) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
         self.seed = seed
+        self.start_step = 0
 
     def __iter__(self):
-        rng = np.random.default_rng(self.seed)
+        step = self.start_step
         while True:
-            yield self.sampler.random_batch(self.batch_size, rng)
+            yield self.sampler.random_batch(
+                self.batch_size, np.random.default_rng([self.seed, step])
+            )
+            step += 1
 
 
 def validation_batches(
@@ -233,24 +248,28 @@ def fit(
     With ``training.select_on_val`` the returned weights are those of the validation check with
     the lowest val energy (the last step's when there was no check). With ``training.resume`` and
     a ``last.ckpt`` in ``checkpoint_dir``, training continues from that checkpoint's step (model,
-    optimiser, loss history and best weights restored), provided the checkpoint was made from
-    the same data (``provenance``) and model configuration.
+    optimiser, loss history, best weights, random state and the sentence stream's position
+    restored: the resumed run equals an uninterrupted one), provided the checkpoint was made
+    from the same data (``provenance``) and model configuration.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint_dir = Path(checkpoint_dir)
     history, best = LossHistory(), BestOnValidation()
+    stream = SentenceStream(train_sampler, training.batch_size, seed)
     trainer = _trainer(training, checkpoint_dir, [history, best])
     last = checkpoint_dir / "last.ckpt"
     resume_from = str(last) if training.resume and last.is_file() else None
-    plan = TrainingPlan(model, training.learning_rate, provenance, validation_seed=seed)
+    plan = TrainingPlan(model, training.learning_rate, provenance, seed=seed)
     if resume_from:
-        _check_resumable(last, {**plan.provenance, "model_config": model.config.to_dict()})
-        logger.info("Resuming from %s", resume_from)
+        # Lightning pulls the first batch before any hook sees the restored step, so the
+        # stream's position is set from the checkpoint here.
+        stream.start_step = _resumable_step(
+            last, {**plan.provenance, "model_config": model.config.to_dict()}
+        )
+        logger.info("Resuming from %s at step %d", resume_from, stream.start_step)
     trainer.fit(
         plan,
-        train_dataloaders=DataLoader(
-            SentenceStream(train_sampler, training.batch_size, seed), batch_size=None
-        ),
+        train_dataloaders=DataLoader(stream, batch_size=None),
         val_dataloaders=DataLoader(
             validation_batches(val_sampler, training.batch_size, seed), batch_size=None
         ),
@@ -271,8 +290,8 @@ def fit(
     return FitResult(trained, history.frame(), steps, steps, None)
 
 
-def _check_resumable(checkpoint: Path, expected: dict[str, Any]) -> None:
-    """Refuse to resume a checkpoint of another screen, other embeddings or another model."""
+def _resumable_step(checkpoint: Path, expected: dict[str, Any]) -> int:
+    """The checkpoint's step; refuses a checkpoint of another screen, embeddings or model."""
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
     recorded = stored.get(CHECKPOINT_PROVENANCE_KEY)
     if recorded != expected:
@@ -281,3 +300,4 @@ def _check_resumable(checkpoint: Path, expected: dict[str, Any]) -> None:
             f"{checkpoint} was made from other inputs ({', '.join(differing)} differ); delete it "
             "or set training.resume: false to start again"
         )
+    return int(stored["global_step"])

@@ -91,6 +91,15 @@ class SimulationConfig:
     # cells per block when streaming counts
     block_cells: int = 50_000
 
+    def __post_init__(self) -> None:
+        # Lists from YAML become tuples (the config is frozen and hashable), then every field is
+        # checked: Kedro builds this from `params:simulation` before the run starts.
+        for field_ in dataclasses.fields(self):
+            value = getattr(self, field_.name)
+            if isinstance(value, list):
+                object.__setattr__(self, field_.name, tuple(value))
+        self.validate()
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SimulationConfig:
         """Build from a parameters dict; unknown or ill-typed fields fail with their name."""
@@ -98,12 +107,7 @@ class SimulationConfig:
         unknown = sorted(set(params) - names)
         if unknown:
             raise ValueError(f"parameters 'simulation': unknown field(s) {unknown}")
-        values = {
-            key: tuple(value) if isinstance(value, list) else value for key, value in params.items()
-        }
-        config = cls(**values)
-        config.validate()
-        return config
+        return cls(**params)
 
     def validate(self) -> None:
         """Check sizes and ranges; raise naming the field."""

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kedro.io import DatasetError
 
+from ptrag_kedro.datasets import AnnDataDataset
+from ptrag_kedro.download import DownloadError, RemoteFile, download_file
+from ptrag_kedro.parameters import DownloadParameters
 from ptrag_kedro.pipelines.download import create_pipeline
-from ptrag_kedro.pipelines.download.nodes import DownloadError, download_file, download_raw_screen
+from ptrag_kedro.pipelines.download.nodes import download_raw_screen
 
 PAYLOAD = np.random.default_rng(0).bytes(300_000)
 
@@ -255,19 +259,31 @@ def test_body_shorter_than_expected_size(server, tmp_path: Path) -> None:
     assert (tmp_path / "screen.h5ad.part").read_bytes() == PAYLOAD[:50_000]
 
 
-def test_node_and_pipeline(server, tmp_path: Path) -> None:
-    url, _ = server
-    params = {
-        "url": url,
-        "destination": str(tmp_path / "raw" / "screen.h5ad"),
-        "expected_size": len(PAYLOAD),
-        "chunk_size": 4096,
-        "timeout_s": 5,
-    }
-    report = download_raw_screen(params)
-    assert report["bytes"] == len(PAYLOAD) and not report["skipped"]
-    assert (tmp_path / "raw" / "screen.h5ad").read_bytes() == PAYLOAD
-    assert download_raw_screen(params)["skipped"]
+def test_the_node_asks_and_raw_screen_fetches(server, tmp_path: Path) -> None:
+    """The node's output is `raw_screen`: the dataset streams it to its own path."""
+    url, state = server
+    remote = download_raw_screen(
+        DownloadParameters(url=url, expected_size=len(PAYLOAD), chunk_size=4096, timeout_s=5)
+    )
+    assert remote == RemoteFile(url, len(PAYLOAD), 4096, 5.0, "HF_TOKEN")
+    raw = tmp_path / "replogle" / "screen.h5ad"
+    dataset = AnnDataDataset(filepath=str(raw), write_only_under=str(tmp_path / "replogle"))
+    dataset.save(remote)
+    assert raw.read_bytes() == PAYLOAD
+    requests = len(state.requests)
+    dataset.save(remote)  # a complete file is left alone, without a request
+    assert len(state.requests) == requests
+    elsewhere = AnnDataDataset(
+        filepath=str(tmp_path / "user.h5ad"), write_only_under=str(raw.parent)
+    )
+    with pytest.raises(DatasetError, match="refusing to write"):
+        elsewhere.save(remote)
+    assert not (tmp_path / "user.h5ad").exists() and not (tmp_path / "user.h5ad.part").exists()
     [only] = create_pipeline().nodes
     assert only.name == "download_raw_screen"
-    assert only.inputs == ["params:download"] and only.outputs == ["raw_screen_download_report"]
+    assert only.inputs == ["params:download"] and only.outputs == ["raw_screen"]
+
+
+def test_no_url_is_one_line() -> None:
+    with pytest.raises(DownloadError, match="kedro run --env=replogle --pipelines=download"):
+        download_raw_screen(DownloadParameters())

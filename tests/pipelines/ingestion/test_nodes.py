@@ -10,25 +10,27 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
 
 from ptrag_kedro.datasets import AnnDataDataset
+from ptrag_kedro.parameters import FeatureParameters, ObsColumns, ParameterError, SplitParameters
 from ptrag_kedro.pipelines.ingestion.nodes import (
     ScreenError,
-    select_features,
-    split_screen,
+    filter_cells,
     standardise_screen,
 )
 from ptrag_kedro.provenance import screen_fingerprint
 from ptrag_kedro.schema import CONTROL, TEST, TRAIN, VAL
+from tests.conftest import ingest
 
 
-def ingest(
-    raw: ad.AnnData, params: dict[str, Any], split_lists: Any = None
-) -> tuple[ad.AnnData, dict]:
-    standardised = standardise_screen(raw, params["columns"])
-    featurised = select_features(standardised, params["features"])
-    return split_screen(featurised, params["split"], split_lists)
+def standardise(raw: ad.AnnData, params: dict[str, Any]) -> ad.AnnData:
+    return standardise_screen(raw, ObsColumns(**params["columns"]), "tiny_screen.h5ad")
+
+
+def quality_control(raw: ad.AnnData, params: dict[str, Any]) -> ad.AnnData:
+    return filter_cells(standardise(raw, params), FeatureParameters(**params["features"]))
 
 
 def assert_one_line(error: pytest.ExceptionInfo, *fragments: str) -> None:
@@ -174,7 +176,7 @@ def test_real_authors_split_file_format(
 def test_missing_obs_column(tiny_screen: ad.AnnData, ingestion_params: dict, column: str) -> None:
     del tiny_screen.obs[column]
     with pytest.raises(ScreenError) as error:
-        standardise_screen(tiny_screen, ingestion_params["columns"])
+        standardise(tiny_screen, ingestion_params)
     assert_one_line(error, "tiny_screen.h5ad", f"obs column '{column}'", "missing")
 
 
@@ -183,7 +185,7 @@ def test_no_control_cells_in_a_line(tiny_screen: ad.AnnData, ingestion_params: d
         (tiny_screen.obs["cell_line"] == "rpe1") & (tiny_screen.obs["gene"] == "non-targeting")
     )
     with pytest.raises(ScreenError) as error:
-        standardise_screen(tiny_screen[keep.to_numpy()].copy(), ingestion_params["columns"])
+        standardise(tiny_screen[keep.to_numpy()].copy(), ingestion_params)
     assert_one_line(error, "tiny_screen.h5ad", "'gene'", "no 'non-targeting'", "rpe1")
 
 
@@ -192,7 +194,7 @@ def test_other_control_label(tiny_screen: ad.AnnData, ingestion_params: dict) ->
         {"non-targeting": "ctrl"}
     )
     with pytest.raises(ScreenError, match="no 'non-targeting'"):
-        standardise_screen(tiny_screen, ingestion_params["columns"])
+        standardise(tiny_screen, ingestion_params)
     ingestion_params["columns"]["control_label"] = "ctrl"
     screen, manifest = ingest(tiny_screen, ingestion_params)
     assert manifest["control_label"] == "ctrl"
@@ -206,18 +208,50 @@ def test_bad_counts(
     tiny_screen: ad.AnnData, ingestion_params: dict, value: float, fragment: str
 ) -> None:
     tiny_screen.X.data[7] = value
-    standardised = standardise_screen(tiny_screen, ingestion_params["columns"])
     with pytest.raises(ScreenError) as error:
-        select_features(standardised, ingestion_params["features"])
+        quality_control(tiny_screen, ingestion_params)
     assert_one_line(error, "tiny_screen.h5ad", "X holds", fragment)
 
 
 def test_bad_dense_counts(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
     tiny_screen.X = tiny_screen.X.toarray()
     tiny_screen.X[3, 4] = -2
-    standardised = standardise_screen(tiny_screen, ingestion_params["columns"])
     with pytest.raises(ScreenError, match="negative"):
-        select_features(standardised, ingestion_params["features"])
+        quality_control(tiny_screen, ingestion_params)
+
+
+def test_highly_variable_genes_ignore_held_out_cells(
+    tiny_screen: ad.AnnData, ingestion_params: dict
+) -> None:
+    """Change every val and test cell beyond recognition: the same genes are chosen."""
+    screen, _ = ingest(tiny_screen.copy(), ingestion_params)
+    held_out = screen.obs_names[screen.obs["split"].isin([VAL, TEST]).to_numpy()]
+    rows = tiny_screen.obs_names.isin(held_out)
+    changed = tiny_screen.copy()
+    counts = changed.X.toarray()
+    rng = np.random.default_rng(0)
+    counts[rows] = rng.poisson(rng.gamma(0.3, 30.0, (rows.sum(), counts.shape[1])))
+    changed.X = sp.csr_matrix(counts)
+    again, _ = ingest(changed, ingestion_params)
+    assert list(again.var_names) == list(screen.var_names)
+    assert set(again.obs_names) == set(screen.obs_names)  # the same cells passed QC
+    # ... whereas choosing on every cell (the held-out ones included) picks other genes
+    normalised = changed.copy()
+    sc.pp.normalize_total(normalised, target_sum=1e4)
+    sc.pp.log1p(normalised)
+    on_all = sc.pp.highly_variable_genes(
+        normalised, n_top_genes=100, flavor="seurat", batch_key="cell_line", inplace=False
+    )
+    assert set(normalised.var_names[on_all["highly_variable"].to_numpy()]) != set(screen.var_names)
+
+
+def test_split_parameters_are_checked() -> None:
+    with pytest.raises(ParameterError, match="ingestion.split.mode must be few_shot or zero_shot"):
+        SplitParameters(heldout_cell_line="k562", mode="half_shot")
+    with pytest.raises(ParameterError, match="val_fraction and test_fraction"):
+        SplitParameters(heldout_cell_line="k562", val_fraction=0.7, test_fraction=0.5)
+    with pytest.raises(ParameterError, match="hvg_flavor"):
+        FeatureParameters(hvg_flavor="seurat_v3")
 
 
 def test_heldout_line_missing(tiny_screen: ad.AnnData, ingestion_params: dict) -> None:
@@ -262,13 +296,13 @@ def test_small_perturbation_groups_are_dropped(
     ingestion_params["features"]["min_genes_per_cell"] = 0  # isolate the group-size filter
     if path == "obsm":
         screen.obsm["X_hvg"] = np.ones((screen.n_obs, 4), dtype=np.float32)
-    featurised = select_features(
-        standardise_screen(screen, ingestion_params["columns"]), ingestion_params["features"]
-    )
-    remaining = featurised.obs[featurised.obs["cell_line"] == "k562"]
+    filtered = quality_control(screen, ingestion_params)
+    remaining = filtered.obs[filtered.obs["cell_line"] == "k562"]
     assert target not in set(remaining["perturbation"])
-    assert featurised.n_obs == screen.n_obs - 3
+    assert filtered.n_obs == screen.n_obs - 3
     assert (remaining["perturbation"] == "non-targeting").any()
+    featurised, _ = ingest(screen, ingestion_params)
+    assert featurised.n_obs == screen.n_obs - 3
     assert featurised.uns["ptrag"]["features"]["path"].startswith(
         "obsm" if path == "obsm" else "scanpy"
     )

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from ptrag_kedro.datasets import FaissIndexDataset
+from ptrag_kedro.parameters import ParameterError, RetrievalParameters
 from ptrag_kedro.pipelines.retrieval_index.nodes import (
     RetrievalError,
     build_retrieval_index,
@@ -82,7 +83,7 @@ def test_candidates_train_only_and_never_self(setup) -> None:
     embeddings, split = setup
     index = build_retrieval_index(embeddings, split)
     assert index.names == train_perturbations(split) == [f"G{i:03d}" for i in range(50)]
-    candidates = find_retrieval_candidates(index, embeddings, split, {"k": 8})
+    candidates = find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=8))
     assert set(candidates["perturbation"]) == set(embeddings.index) - {"non-targeting"}
     assert (candidates["candidate"] != candidates["perturbation"]).all()
     held_out_only = {f"G{i:03d}" for i in range(50, 60)}
@@ -95,11 +96,24 @@ def test_candidates_train_only_and_never_self(setup) -> None:
 def test_k_larger_than_train_set(setup) -> None:
     embeddings, split = setup
     index = build_retrieval_index(embeddings, split)
-    find_retrieval_candidates(index, embeddings, split, {"k": 49})  # n_train - 1 is the most
+    find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=49))  # n_train - 1
+    auto = find_retrieval_candidates(index, embeddings, split, RetrievalParameters())
+    assert (auto.groupby("perturbation").size() == 32).all()  # the paper's K: 50 are train
+    names = [f"G{index:03d}" for index in range(60)]
+    few = _manifest(names[:10], names[:10], val=names[50:53], test=names[53:60])
+    small = build_retrieval_index(embeddings, few)
+    assert (
+        find_retrieval_candidates(small, embeddings, few, RetrievalParameters())
+        .groupby("perturbation")
+        .size()
+        == 9
+    ).all()  # 10 train perturbations: at most 9 candidates
+    with pytest.raises(ParameterError, match="retrieval_index.k must be"):
+        RetrievalParameters(k=0)
     with pytest.raises(
         RetrievalError, match="retrieval_index.k = 50, but with 50 train perturbations"
     ):
-        find_retrieval_candidates(index, embeddings, split, {"k": 50})
+        find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=50))
 
 
 def test_stale_embeddings_are_refused(setup) -> None:
@@ -107,11 +121,11 @@ def test_stale_embeddings_are_refused(setup) -> None:
     index = build_retrieval_index(embeddings, split)
     changed = _embeddings([name for name in embeddings.index[1:]], seed=9)
     with pytest.raises(
-        StaleArtefactError, match="rebuild it with `kedro run --pipeline=retrieval_index`"
+        StaleArtefactError, match="rebuild it with `kedro run --pipelines=retrieval_index`"
     ):
-        find_retrieval_candidates(index, changed, split, {"k": 5})
+        find_retrieval_candidates(index, changed, split, RetrievalParameters(k=5))
     other_screen = {**split, "screen_fingerprint": "another"}
-    with pytest.raises(StaleArtefactError, match="kedro run --pipeline=genept"):
+    with pytest.raises(StaleArtefactError, match="kedro run --pipelines=genept"):
         build_retrieval_index(embeddings, other_screen)
 
 
@@ -140,7 +154,7 @@ def test_diagnostics_module_precision(setup) -> None:
     embeddings.loc[names[30:]] += 3.0 * np.eye(16, dtype=np.float32)[1]
     embeddings.attrs["embeddings_fingerprint"] = fingerprint_frame(embeddings)
     index = build_retrieval_index(embeddings, split)
-    candidates = find_retrieval_candidates(index, embeddings, split, {"k": 5})
+    candidates = find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=5))
     modules = pd.DataFrame({"symbol": names, "module": [0] * 30 + [1] * 30})
     report, figure = retrieval_diagnostics(candidates, embeddings, index, modules)
     precision = report["module_precision"]
@@ -192,5 +206,5 @@ def test_perturbation_responses_refuse_a_manifest_that_disagrees(prepared_inputs
     with pytest.raises(RetrievalError, match="does not list as train"):
         build_perturbation_responses(prepared_inputs["screen"], manifest)
     stale = {**prepared_inputs["split_manifest"], "screen_fingerprint": "other"}
-    with pytest.raises(StaleArtefactError, match="kedro run --pipeline=ingestion"):
+    with pytest.raises(StaleArtefactError, match="kedro run --pipelines=ingestion"):
         build_perturbation_responses(prepared_inputs["screen"], stale)

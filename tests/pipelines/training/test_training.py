@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -101,7 +102,7 @@ def test_stale_inputs_are_refused(prepared_inputs, tmp_path: Path) -> None:
     candidates = prepared_inputs["retrieval_candidates"].copy()
     candidates.attrs = {**candidates.attrs, "embeddings_fingerprint": "old"}
     stale = {**prepared_inputs, "retrieval_candidates": candidates}
-    with pytest.raises(StaleArtefactError, match="kedro run --pipeline=retrieval_index"):
+    with pytest.raises(StaleArtefactError, match="kedro run --pipelines=retrieval_index"):
         train_tiny(stale, tmp_path)
     train_tiny(stale, tmp_path / "state", "state", max_steps=1)  # STATE does not read them
     responses = prepared_inputs["perturbation_responses"].copy()
@@ -130,7 +131,7 @@ def test_variants_share_one_pipeline_and_differ_by_parameters() -> None:
             f"params:variants.{name}",
             f"{name}.checkpoints",
         ]
-        assert node.outputs == [f"{name}.model", f"{name}.loss_history", f"{name}.loss_plot"]
+        assert node.outputs == [f"{name}.model", f"{name}_loss_history", f"{name}.loss_plot"]
 
 
 def test_variant_parameters_name_what_is_wrong() -> None:
@@ -150,3 +151,76 @@ def test_variant_parameters_name_what_is_wrong() -> None:
         TrainingParameters(seeds=[1, 1])
     assert TrainingParameters(seeds=3).seeds == (3,)
     assert np.isclose(TrainingParameters().learning_rate, 1e-3)
+
+
+_KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from ptrag_kedro.datasets import AnnDataDataset, JSONDataset, ParquetDataset
+from ptrag_kedro.models import training
+from tests.conftest import train_tiny
+
+folder, kill_at = Path(sys.argv[1]), int(sys.argv[2])
+inputs = {
+    "screen": AnnDataDataset(filepath=str(folder / "screen.h5ad")).load(),
+    "split_manifest": JSONDataset(filepath=str(folder / "manifest.json")).load(),
+    **{
+        name: ParquetDataset(filepath=str(folder / f"{name}.parquet")).load()
+        for name in ("perturbation_embeddings", "retrieval_candidates", "perturbation_responses")
+    },
+}
+record = training.LossHistory.on_train_batch_end
+
+def record_then_die(self, trainer, *args):
+    record(self, trainer, *args)
+    if trainer.global_step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
+
+training.LossHistory.on_train_batch_end = record_then_die
+train_tiny(inputs, folder / "checkpoints", "ptrag", max_steps=8, checkpoint_every_n_steps=3)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_exactly(prepared_inputs, tmp_path: Path) -> None:
+    """SIGKILL after the step-3 checkpoint, resume: the same steps, losses and weights as a run
+    that was never interrupted (PT-RAG, so torch's random state matters too)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ptrag_kedro.datasets import AnnDataDataset, JSONDataset, ParquetDataset
+    from tests.conftest import PROJECT_ROOT
+
+    AnnDataDataset(filepath=str(tmp_path / "screen.h5ad")).save(prepared_inputs["screen"])
+    JSONDataset(filepath=str(tmp_path / "manifest.json")).save(prepared_inputs["split_manifest"])
+    for name in ("perturbation_embeddings", "retrieval_candidates", "perturbation_responses"):
+        ParquetDataset(filepath=str(tmp_path / f"{name}.parquet")).save(prepared_inputs[name])
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(tmp_path), "5"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = tmp_path / "checkpoints" / "seed_0" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    resumed, resumed_history, _ = train_tiny(
+        prepared_inputs,
+        tmp_path / "checkpoints",
+        "ptrag",
+        max_steps=8,
+        checkpoint_every_n_steps=3,
+        resume=True,
+    )
+    straight, straight_history, _ = train_tiny(
+        prepared_inputs, tmp_path / "straight", "ptrag", max_steps=8, checkpoint_every_n_steps=3
+    )
+    assert resumed["steps"] == straight["steps"] == {"0": 8}
+    assert resumed["selected_steps"] == straight["selected_steps"]
+    pd.testing.assert_frame_equal(resumed_history, straight_history, rtol=1e-6, atol=1e-7)
+    for name, tensor in straight["state_dicts"]["0"].items():
+        torch.testing.assert_close(resumed["state_dicts"]["0"][name], tensor, rtol=1e-6, atol=1e-7)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import anndata as ad
 import pandas as pd
@@ -20,10 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def simulate_demo_screen(
-    simulation: dict[str, Any],
+    simulation: SimulationConfig,
 ) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:
     """Simulate the demo screen, its GenePT-format embeddings and the gene -> module truth."""
-    config = SimulationConfig.from_params(simulation)
+    config = simulation
     plan = plan_screen(config)
     screen = simulate_screen(plan)
     genes = plan.genes

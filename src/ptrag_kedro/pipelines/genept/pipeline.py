@@ -11,7 +11,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 embed_gene_summaries,
                 # The cache is read and rewritten under two names of one file (no cycle).
-                inputs=["gene_summaries", "summary_embedding_cache", "params:genept"],
+                inputs=["gene_summaries", "summary_embedding_cache", "text_model", "params:genept"],
                 outputs=["summary_gene_embeddings", "summary_embedding_cache_updated"],
                 name="embed_gene_summaries",
             ),

@@ -1,4 +1,6 @@
-"""Nodes of the ``ingestion`` pipeline: raw screen -> standardised, featurised, split screen.
+"""Nodes of the ``ingestion`` pipeline: raw screen -> standardised, filtered, split, featurised
+screen, in that order, so that nothing learnt from the cells (the highly variable genes) sees a
+held-out cell.
 
 Every bad input raises :class:`ScreenError` with one line naming the file and the field.
 """
@@ -7,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -16,13 +17,13 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from ptrag_kedro.parameters import FeatureParameters, ObsColumns, SplitParameters
 from ptrag_kedro.provenance import screen_fingerprint
 from ptrag_kedro.schema import (
     CELL_LINE,
     CONTROL,
     PERTURBATION,
     PROVENANCE_KEY,
-    SOURCE_FILE_KEY,
     SPLIT,
     TEST,
     TRAIN,
@@ -39,19 +40,12 @@ class ScreenError(ValueError):
     """Bad input screen or split: the message is one line naming the file and the field."""
 
 
-@dataclass(frozen=True)
-class ObsColumns:
-    """Names of the raw screen's obs columns, and the control label."""
-
-    perturbation: str = "gene"
-    cell_line: str = "cell_line"
-    batch: str = "gem_group"
-    control_label: str = "non-targeting"
-
-
 def _source(adata: ad.AnnData) -> str:
-    provenance = adata.uns.get(PROVENANCE_KEY, {})
-    return str(adata.uns.get(SOURCE_FILE_KEY) or provenance.get("raw_screen") or "raw_screen")
+    return str(adata.uns.get(PROVENANCE_KEY, {}).get("raw_screen") or "raw_screen")
+
+
+def _control_label(adata: ad.AnnData) -> str:
+    return adata.uns[PROVENANCE_KEY]["control_label"]
 
 
 def _first(names: Iterable[Any], limit: int = 5) -> str:
@@ -64,15 +58,18 @@ def _first(names: Iterable[Any], limit: int = 5) -> str:
 # 1. standardise obs
 
 
-def standardise_screen(raw_screen: ad.AnnData, columns: dict[str, str]) -> ad.AnnData:
+def standardise_screen(
+    raw_screen: ad.AnnData, columns: ObsColumns, raw_screen_path: str
+) -> ad.AnnData:
     """Validate the raw obs and rename it to ``perturbation``, ``cell_line``, ``batch``.
 
-    X, var and obsm are shared with the input (no copy). Every cell line must have control cells.
+    ``raw_screen_path`` is the catalog's path of ``raw_screen`` (the same run-time parameter),
+    named in errors and recorded in the provenance. X, var and obsm are shared with the input (no
+    copy). Every cell line must have control cells.
     """
-    names = ObsColumns(**columns)
-    source = _source(raw_screen)
+    source = str(raw_screen_path)
     for role in ("perturbation", "cell_line", "batch"):
-        column = getattr(names, role)
+        column = getattr(columns, role)
         if column not in raw_screen.obs.columns:
             raise ScreenError(
                 f"{source}: obs column '{column}' ({role}, parameter ingestion.columns.{role}) "
@@ -82,17 +79,17 @@ def standardise_screen(raw_screen: ad.AnnData, columns: dict[str, str]) -> ad.An
         raise ScreenError(f"{source}: the screen has no cells (X has 0 rows)")
     obs = pd.DataFrame(index=raw_screen.obs_names.copy())
     for role in ("perturbation", "cell_line", "batch"):
-        values = raw_screen.obs[getattr(names, role)]
+        values = raw_screen.obs[getattr(columns, role)]
         if values.isna().any():
             raise ScreenError(
-                f"{source}: obs column '{getattr(names, role)}' ({role}) has "
+                f"{source}: obs column '{getattr(columns, role)}' ({role}) has "
                 f"{int(values.isna().sum())} empty values"
             )
         obs[role] = pd.Categorical(values.astype(str).str.strip())
-    _check_controls(obs, names.control_label, source, names.perturbation)
+    _check_controls(obs, columns.control_label, source, columns.perturbation)
 
     screen = ad.AnnData(X=raw_screen.X, obs=obs, var=raw_screen.var, obsm=dict(raw_screen.obsm))
-    screen.uns[PROVENANCE_KEY] = {"raw_screen": source, "control_label": names.control_label}
+    screen.uns[PROVENANCE_KEY] = {"raw_screen": source, "control_label": columns.control_label}
     logger.info(
         "Screen %s: %d cells, %d genes, %d cell lines, %d perturbations",
         source,
@@ -115,78 +112,60 @@ def _check_controls(obs: pd.DataFrame, control_label: str, source: str, column: 
         )
 
 
+def _uses_obsm(screen: ad.AnnData, features: FeatureParameters) -> bool:
+    return bool(features.obsm_key) and features.obsm_key in screen.obsm
+
+
 # --------------------------------------------------------------------------------------------
-# 2. features
+# 2. quality control
 
 
-def select_features(screen: ad.AnnData, features: dict[str, Any]) -> ad.AnnData:
-    """Use ``obsm[obsm_key]`` when present; otherwise QC + normalise + log1p + HVG with scanpy.
+def filter_cells(screen: ad.AnnData, features: FeatureParameters) -> ad.AnnData:
+    """Drop cells before anything is learnt from them.
 
-    Either way (cell line, perturbation) groups with fewer than ``min_cells_per_perturbation``
-    cells are dropped (controls never). The path taken and its settings are recorded in
-    ``uns["ptrag"]["features"]``. On the counts path a float32 X is normalised in place when no
-    cell is filtered out: the input's X is consumed rather than copied (it is the largest object).
+    On the counts path the counts are checked (finite, non-negative integers) and cells with
+    fewer than ``min_genes_per_cell`` detected genes dropped; on either path, (cell line,
+    perturbation) groups with fewer than ``min_cells_per_perturbation`` cells (controls never).
+    All row filters make one subset (a copy of X), and none when every cell passes.
     """
     source = _source(screen)
-    obsm_key = features.get("obsm_key") or ""
-    control_label = screen.uns[PROVENANCE_KEY]["control_label"]
-    min_cells = int(features["min_cells_per_perturbation"])
-    if obsm_key and obsm_key in screen.obsm:
-        keep = _cells_in_large_groups(
-            screen.obs, np.ones(screen.n_obs, dtype=bool), min_cells, control_label
+    keep = np.ones(screen.n_obs, dtype=bool)
+    record: dict[str, Any] = {"min_cells_per_perturbation": features.min_cells_per_perturbation}
+    if not _uses_obsm(screen, features):
+        if screen.X is None:
+            raise ScreenError(f"{source}: X is empty and obsm has no '{features.obsm_key}'")
+        _check_counts(screen.X, source)
+        if features.min_genes_per_cell > 0:
+            keep, _ = sc.pp.filter_cells(
+                screen.X, min_genes=features.min_genes_per_cell, inplace=False
+            )
+            if not keep.any():
+                raise ScreenError(
+                    f"{source}: no cell has {features.min_genes_per_cell} detected genes "
+                    "(parameter ingestion.features.min_genes_per_cell)"
+                )
+        record.update(
+            min_genes_per_cell=features.min_genes_per_cell,
+            cells_removed_min_genes=int((~keep).sum()),
         )
-        featurised = _features_from_obsm(screen, obsm_key, source, keep)
-        record: dict[str, Any] = {"path": f"obsm:{obsm_key}"}
-    else:
-        featurised, record = _features_from_counts(
-            screen, features, source, min_cells, control_label
-        )
-    for column in (PERTURBATION, CELL_LINE):
-        featurised.obs[column] = featurised.obs[column].cat.remove_unused_categories()
-    _check_controls(featurised.obs, control_label, source, PERTURBATION)
-    record.update(
-        n_features=int(featurised.n_vars),
-        n_cells=int(featurised.n_obs),
-        min_cells_per_perturbation=min_cells,
+    keep = _cells_in_large_groups(
+        screen.obs, keep, features.min_cells_per_perturbation, _control_label(screen)
     )
-    featurised.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "features": record}
-    logger.info("Features: %s -> %d cells x %d features", record["path"], *featurised.shape)
-    return featurised
-
-
-def _features_from_obsm(
-    screen: ad.AnnData, obsm_key: str, source: str, keep: np.ndarray
-) -> ad.AnnData:
-    matrix = screen.obsm[obsm_key]
-    if not keep.all():
-        matrix = matrix[keep]
-    matrix = (
-        matrix.astype(np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+    obsm = (
+        {features.obsm_key: screen.obsm[features.obsm_key]} if _uses_obsm(screen, features) else {}
     )
-    values = matrix.data if sp.issparse(matrix) else matrix
-    if not np.isfinite(values).all():
-        raise ScreenError(f"{source}: obsm['{obsm_key}'] has NaN or infinite values")
-    feature_names = _obsm_feature_names(screen, matrix.shape[1])
-    return ad.AnnData(
-        X=matrix,
+    filtered = ad.AnnData(
+        X=screen.X[keep] if not keep.all() and screen.X is not None else screen.X,
         obs=screen.obs[keep].copy(),
-        var=pd.DataFrame(index=pd.Index(feature_names)),
+        var=screen.var,
+        obsm={key: value[keep] if not keep.all() else value for key, value in obsm.items()},
     )
-
-
-def _obsm_feature_names(screen: ad.AnnData, n_features: int) -> list[str]:
-    """Gene names of the obsm features: the ``highly_variable`` genes when their count matches."""
-    flags = screen.var.get("highly_variable")
-    if flags is not None and int(np.asarray(flags, dtype=bool).sum()) == n_features:
-        return list(screen.var_names[np.asarray(flags, dtype=bool)])
-    if screen.n_vars == n_features:
-        return list(screen.var_names)
-    logger.warning(
-        "obsm features: %d columns but no var['highly_variable'] of that size; naming them "
-        "hvg_0000...",
-        n_features,
-    )
-    return [f"hvg_{index:04d}" for index in range(n_features)]
+    for column in (PERTURBATION, CELL_LINE):
+        filtered.obs[column] = filtered.obs[column].cat.remove_unused_categories()
+    _check_controls(filtered.obs, _control_label(screen), source, PERTURBATION)
+    filtered.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "quality_control": record}
+    logger.info("QC: %d of %d cells kept", filtered.n_obs, screen.n_obs)
+    return filtered
 
 
 def _check_counts(matrix: Any, source: str) -> None:
@@ -213,56 +192,6 @@ def _check_counts(matrix: Any, source: str) -> None:
                 "(already normalised? give the raw counts, or an obsm feature matrix via "
                 "parameter ingestion.features.obsm_key)"
             )
-
-
-def _features_from_counts(
-    screen: ad.AnnData, features: dict[str, Any], source: str, min_cells: int, control_label: str
-) -> tuple[ad.AnnData, dict[str, Any]]:
-    if screen.X is None:
-        raise ScreenError(f"{source}: X is empty and obsm has no '{features.get('obsm_key')}'")
-    _check_counts(screen.X, source)
-    min_genes = int(features["min_genes_per_cell"])
-    keep = np.ones(screen.n_obs, dtype=bool)
-    if min_genes > 0:
-        keep, _ = sc.pp.filter_cells(screen.X, min_genes=min_genes, inplace=False)
-        if not keep.any():
-            raise ScreenError(
-                f"{source}: no cell has {min_genes} detected genes (parameter "
-                "ingestion.features.min_genes_per_cell)"
-            )
-    n_low_genes = int((~keep).sum())
-    keep = _cells_in_large_groups(screen.obs, keep, min_cells, control_label)
-    # All row filters in one subset (a copy of X), and none when every cell passes.
-    counts = screen.X[keep] if not keep.all() else screen.X
-    adata = ad.AnnData(
-        X=counts.astype(np.float32) if counts.dtype != np.float32 else counts,
-        obs=screen.obs[keep].copy(),
-        var=pd.DataFrame(index=screen.var_names.copy()),
-    )
-    target_sum = float(features["normalize_target_sum"])
-    sc.pp.normalize_total(adata, target_sum=target_sum)
-    sc.pp.log1p(adata)
-    n_top = int(features["n_top_genes"])
-    if n_top < adata.n_vars:
-        batch_key = CELL_LINE if adata.obs[CELL_LINE].nunique() > 1 else None
-        sc.pp.highly_variable_genes(
-            adata,
-            n_top_genes=n_top,
-            flavor=features.get("hvg_flavor", "seurat"),
-            batch_key=batch_key,
-        )
-        adata = adata[:, adata.var["highly_variable"].to_numpy()].copy()
-    adata.var = pd.DataFrame(index=adata.var_names.copy())
-    adata.uns = {}
-    record = {
-        "path": "scanpy:filter_cells+normalize_total+log1p+highly_variable_genes",
-        "min_genes_per_cell": min_genes,
-        "cells_removed_min_genes": n_low_genes,
-        "normalize_target_sum": target_sum,
-        "n_top_genes": n_top,
-        "hvg_flavor": str(features.get("hvg_flavor", "seurat")),
-    }
-    return adata, record
 
 
 def _cells_in_large_groups(
@@ -294,9 +223,9 @@ def _cells_in_large_groups(
 
 
 def split_screen(
-    screen: ad.AnnData, split: dict[str, Any], split_lists: dict[str, Any] | None
+    screen: ad.AnnData, split: SplitParameters, split_lists: dict[str, Any] | None
 ) -> tuple[ad.AnnData, dict[str, Any]]:
-    """Assign every cell a split and write the per-line manifest.
+    """Assign every cell a split and write the per-line manifest (its fingerprint comes last).
 
     few_shot: the held-out line's perturbations go to val/test (by fractions and a seed, or by
     the lists of ``split_lists``); everything else is train. zero_shot: the whole held-out line
@@ -304,82 +233,35 @@ def split_screen(
     every line are ``control`` and stay available as basal cells.
     """
     source = _source(screen)
-    mode: Literal["few_shot", "zero_shot"] = split["mode"]
-    if mode not in ("few_shot", "zero_shot"):
-        raise ScreenError(
-            f"parameters: ingestion.split.mode must be few_shot or zero_shot, not '{mode}'"
-        )
-    control_label = screen.uns[PROVENANCE_KEY]["control_label"]
-    heldout = str(split["heldout_cell_line"]).strip()
     lines = list(screen.obs[CELL_LINE].cat.categories)
-    if heldout not in lines:
+    if split.heldout_cell_line not in lines:
         raise ScreenError(
-            f"{source}: obs 'cell_line' has no cell line '{heldout}' (parameter "
+            f"{source}: obs 'cell_line' has no cell line '{split.heldout_cell_line}' (parameter "
             f"heldout_cell_line); lines present: {_first(lines, 10)}"
         )
-    rng = np.random.default_rng(int(split["seed"]))
     perturbations_by_line = {
         line: sorted(
-            set(screen.obs.loc[screen.obs[CELL_LINE] == line, PERTURBATION]) - {control_label}
+            set(screen.obs.loc[screen.obs[CELL_LINE] == line, PERTURBATION])
+            - {_control_label(screen)}
         )
         for line in lines
     }
-    assignment: dict[str, dict[str, list[str]]] = {
-        line: {TRAIN: list(perturbations), VAL: [], TEST: []}
-        for line, perturbations in perturbations_by_line.items()
-    }
-    missing: dict[str, list[str]] = {}
-    split_source = "fractions"
-    heldout_perturbations = perturbations_by_line[heldout]
-    if mode == "few_shot":
-        if split_lists is not None:
-            split_file = str(split.get("split_file") or "split file")
-            val, test, missing = _lists_from_file(
-                split_lists, heldout_perturbations, split_file, source, heldout
-            )
-            split_source = split_file
-        else:
-            val, test = _fractions(heldout_perturbations, split, rng)
-        chosen = set(val) | set(test)
-        assignment[heldout] = {
-            TRAIN: [p for p in heldout_perturbations if p not in chosen],
-            VAL: sorted(val),
-            TEST: sorted(test),
-        }
-    else:
-        assignment[heldout] = {TRAIN: [], VAL: [], TEST: list(heldout_perturbations)}
-        pairs = [
-            (line, p) for line in lines if line != heldout for p in perturbations_by_line[line]
-        ]
-        n_val = round(float(split["val_fraction"]) * len(pairs))
-        for index in rng.permutation(len(pairs))[:n_val]:
-            line, perturbation = pairs[index]
-            assignment[line][TRAIN].remove(perturbation)
-            assignment[line][VAL].append(perturbation)
-    for kind in (VAL, TEST):
-        if not any(assignment[line][kind] for line in lines):
-            raise ScreenError(
-                f"{source}: the {kind} split is empty (held-out line '{heldout}' has "
-                f"{len(heldout_perturbations)} perturbations; check ingestion.split "
-                f"{kind}_fraction or the split file)"
-            )
-
-    split_column = _split_column(screen.obs, assignment, control_label)
+    assignment, missing, split_source = _assign(perturbations_by_line, split, split_lists, source)
     screen = screen.copy() if screen.is_view else screen
-    screen.obs[SPLIT] = pd.Categorical(split_column, categories=[TRAIN, VAL, TEST, CONTROL])
-    fingerprint = screen_fingerprint(screen)
+    screen.obs[SPLIT] = pd.Categorical(
+        _split_column(screen.obs, assignment, _control_label(screen)),
+        categories=[TRAIN, VAL, TEST, CONTROL],
+    )
+    record = {"mode": split.mode, "heldout_cell_line": split.heldout_cell_line}
     screen.uns[PROVENANCE_KEY] = {
         **screen.uns[PROVENANCE_KEY],
-        "split": {"mode": mode, "heldout_cell_line": heldout, "source": split_source},
-        "fingerprint": fingerprint,
+        "split": {**record, "source": split_source},
     }
     manifest = {
-        "mode": mode,
-        "heldout_cell_line": heldout,
-        "seed": int(split["seed"]),
+        **record,
+        "seed": split.seed,
         "source": split_source,
-        "control_label": control_label,
-        "screen_fingerprint": fingerprint,
+        "control_label": _control_label(screen),
         "missing_from_screen": missing,
         "cell_lines": {
             line: {
@@ -394,21 +276,69 @@ def split_screen(
     counts = screen.obs[SPLIT].value_counts()
     logger.info(
         "Split %s, held-out %s: cells train %d, val %d, test %d, control %d",
-        mode,
-        heldout,
-        counts[TRAIN],
-        counts[VAL],
-        counts[TEST],
-        counts[CONTROL],
+        split.mode,
+        split.heldout_cell_line,
+        *(counts[kind] for kind in (TRAIN, VAL, TEST, CONTROL)),
     )
     return screen, manifest
 
 
+def _assign(
+    perturbations_by_line: dict[str, list[str]],
+    split: SplitParameters,
+    split_lists: dict[str, Any] | None,
+    source: str,
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, list[str]], str]:
+    """Per line, its train / val / test perturbations; the split file's absent genes; source."""
+    heldout, rng = split.heldout_cell_line, np.random.default_rng(split.seed)
+    assignment = {
+        line: {TRAIN: list(names), VAL: [], TEST: []}
+        for line, names in perturbations_by_line.items()
+    }
+    missing: dict[str, list[str]] = {}
+    split_source = "fractions"
+    heldout_perturbations = perturbations_by_line[heldout]
+    if split.mode == "few_shot":
+        if split_lists is not None:
+            split_source = str(split.split_file or "split file")
+            val, test, missing = _lists_from_file(
+                split_lists, heldout_perturbations, split_source, source, heldout
+            )
+        else:
+            val, test = _fractions(heldout_perturbations, split, rng)
+        chosen = set(val) | set(test)
+        assignment[heldout] = {
+            TRAIN: [p for p in heldout_perturbations if p not in chosen],
+            VAL: sorted(val),
+            TEST: sorted(test),
+        }
+    else:
+        assignment[heldout] = {TRAIN: [], VAL: [], TEST: list(heldout_perturbations)}
+        pairs = [
+            (line, p)
+            for line, names in perturbations_by_line.items()
+            if line != heldout
+            for p in names
+        ]
+        for index in rng.permutation(len(pairs))[: round(split.val_fraction * len(pairs))]:
+            line, perturbation = pairs[index]
+            assignment[line][TRAIN].remove(perturbation)
+            assignment[line][VAL].append(perturbation)
+    for kind in (VAL, TEST):
+        if not any(kinds[kind] for kinds in assignment.values()):
+            raise ScreenError(
+                f"{source}: the {kind} split is empty (held-out line '{heldout}' has "
+                f"{len(heldout_perturbations)} perturbations; check ingestion.split "
+                f"{kind}_fraction or the split file)"
+            )
+    return assignment, missing, split_source
+
+
 def _fractions(
-    perturbations: list[str], split: dict[str, Any], rng: np.random.Generator
+    perturbations: list[str], split: SplitParameters, rng: np.random.Generator
 ) -> tuple[list[str], list[str]]:
-    n_val = round(float(split["val_fraction"]) * len(perturbations))
-    n_test = round(float(split["test_fraction"]) * len(perturbations))
+    n_val = round(split.val_fraction * len(perturbations))
+    n_test = round(split.test_fraction * len(perturbations))
     order = [perturbations[index] for index in rng.permutation(len(perturbations))]
     return order[:n_val], order[n_val : n_val + n_test]
 
@@ -473,3 +403,104 @@ def _split_column(
     }
     keys = pd.MultiIndex.from_arrays([obs[CELL_LINE].astype(str), obs[PERTURBATION].astype(str)])
     return pd.Series(group_split).reindex(keys).to_numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# 4. features
+
+
+def select_features(screen: ad.AnnData, features: FeatureParameters) -> ad.AnnData:
+    """The feature matrix: ``obsm[obsm_key]`` when present; otherwise scanpy's normalize_total
+    + log1p, and highly variable genes chosen from the train and control cells only (a held-out
+    cell never decides which genes are kept).
+
+    The path taken and its settings are recorded in ``uns["ptrag"]["features"]``. On the counts
+    path a float32 X is normalised in place: the filtered screen's X is consumed rather than
+    copied (it is the largest object).
+    """
+    if _uses_obsm(screen, features):
+        featurised = _features_from_obsm(screen, features.obsm_key, _source(screen))
+        record: dict[str, Any] = {"path": f"obsm:{features.obsm_key}"}
+    else:
+        featurised, record = _features_from_counts(screen, features)
+    record.update(n_features=int(featurised.n_vars), n_cells=int(featurised.n_obs))
+    featurised.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "features": record}
+    logger.info("Features: %s -> %d cells x %d features", record["path"], *featurised.shape)
+    return featurised
+
+
+def _features_from_obsm(screen: ad.AnnData, obsm_key: str, source: str) -> ad.AnnData:
+    matrix = screen.obsm[obsm_key]
+    matrix = (
+        matrix.astype(np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+    )
+    values = matrix.data if sp.issparse(matrix) else matrix
+    if not np.isfinite(values).all():
+        raise ScreenError(f"{source}: obsm['{obsm_key}'] has NaN or infinite values")
+    return ad.AnnData(
+        X=matrix,
+        obs=screen.obs.copy(),
+        var=pd.DataFrame(index=pd.Index(_obsm_feature_names(screen, matrix.shape[1]))),
+    )
+
+
+def _obsm_feature_names(screen: ad.AnnData, n_features: int) -> list[str]:
+    """Gene names of the obsm features: the ``highly_variable`` genes when their count matches."""
+    flags = screen.var.get("highly_variable")
+    if flags is not None and int(np.asarray(flags, dtype=bool).sum()) == n_features:
+        return list(screen.var_names[np.asarray(flags, dtype=bool)])
+    if screen.n_vars == n_features:
+        return list(screen.var_names)
+    logger.warning(
+        "obsm features: %d columns but no var['highly_variable'] of that size; naming them "
+        "hvg_0000...",
+        n_features,
+    )
+    return [f"hvg_{index:04d}" for index in range(n_features)]
+
+
+def _features_from_counts(
+    screen: ad.AnnData, features: FeatureParameters
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    counts = screen.X
+    adata = ad.AnnData(
+        X=counts.astype(np.float32) if counts.dtype != np.float32 else counts,
+        obs=screen.obs.copy(),
+        var=pd.DataFrame(index=screen.var_names.copy()),
+    )
+    sc.pp.normalize_total(adata, target_sum=features.normalize_target_sum)
+    sc.pp.log1p(adata)
+    if features.n_top_genes < adata.n_vars:
+        learn_from = adata.obs[SPLIT].isin([TRAIN, CONTROL]).to_numpy()
+        chosen = adata[learn_from]
+        batch_key = CELL_LINE if chosen.obs[CELL_LINE].nunique() > 1 else None
+        statistics = sc.pp.highly_variable_genes(
+            chosen,
+            n_top_genes=features.n_top_genes,
+            flavor=features.hvg_flavor,
+            batch_key=batch_key,
+            inplace=False,
+        )
+        adata = adata[:, statistics["highly_variable"].to_numpy()].copy()
+    adata.var = pd.DataFrame(index=adata.var_names.copy())
+    adata.uns = {}
+    record = {
+        "path": "scanpy:normalize_total+log1p+highly_variable_genes(train and control cells)",
+        "normalize_target_sum": features.normalize_target_sum,
+        "n_top_genes": features.n_top_genes,
+        "hvg_flavor": features.hvg_flavor,
+    }
+    return adata, record
+
+
+# --------------------------------------------------------------------------------------------
+# 5. fingerprint
+
+
+def record_fingerprint(
+    screen: ad.AnnData, split_manifest: dict[str, Any]
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    """The screen's fingerprint (gene order, cells, split) in its provenance and the manifest."""
+    fingerprint = screen_fingerprint(screen)
+    screen.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "fingerprint": fingerprint}
+    return screen, {**split_manifest, "screen_fingerprint": fingerprint}

@@ -70,14 +70,14 @@ def _check_model(model: dict[str, Any], screen: ad.AnnData, provenance: dict[str
     if model["genes"] != [str(gene) for gene in screen.var_names]:
         raise StaleArtefactError(
             "the model was trained on another gene order; retrain it with "
-            "`kedro run --pipeline=training`"
+            "`kedro run --pipelines=training`"
         )
     for key, value in provenance.items():
         if model["provenance"].get(key) != value:
             raise StaleArtefactError(
                 f"the model was trained on another {key.replace('_', ' ')} "
                 f"({model['provenance'].get(key)}, now {value}); retrain it with "
-                "`kedro run --pipeline=training`"
+                "`kedro run --pipelines=training`"
             )
 
 

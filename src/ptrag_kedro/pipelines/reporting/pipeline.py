@@ -57,6 +57,9 @@ def variant_reporting(variant: str) -> Pipeline:
         base,
         namespace=variant,
         inputs=SHARED_INPUTS,
+        # Read by the comparison across variants: public names, not `<variant>.metrics`
+        # (Kedro keeps dotted names for datasets used inside their namespace).
+        outputs={"metrics": f"{variant}_metrics", "gates": f"{variant}_gates"},
         parameters={"params:reporting": "params:reporting"},
     )
 
@@ -77,13 +80,14 @@ def baselines_reporting() -> Pipeline:
         base,
         namespace="baselines",
         inputs={"screen", "perturbation_embeddings", "split_manifest"},
+        outputs={"metrics": "baselines_metrics", "summary": "baselines_summary"},
         parameters={"params:reporting": "params:reporting"},
     )
 
 
 def comparison_reporting(variants: list[str]) -> Pipeline:
     def per_variant(dataset: str) -> dict[str, str]:
-        return {name: f"{name}.{dataset}" for name in variants}
+        return {name: f"{name}_{dataset}" for name in variants}
 
     return Pipeline(
         [
@@ -91,7 +95,7 @@ def comparison_reporting(variants: list[str]) -> Pipeline:
                 compare_methods,
                 inputs={
                     "reporting": "params:reporting",
-                    "baselines": "baselines.metrics",
+                    "baselines": "baselines_metrics",
                     **per_variant("metrics"),
                 },
                 outputs=["comparison", "paired_tests"],
@@ -124,7 +128,7 @@ def comparison_reporting(variants: list[str]) -> Pipeline:
                     "paired_tests",
                     "gate_summary",
                     "retrieval_diagnostics",
-                    "baselines.summary",
+                    "baselines_summary",
                     "params:reporting",
                 ],
                 outputs="comparison_report",

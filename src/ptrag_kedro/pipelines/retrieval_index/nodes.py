@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ptrag_kedro.parameters import RetrievalParameters
 from ptrag_kedro.plotting import new_figure
 from ptrag_kedro.provenance import require_same
 from ptrag_kedro.responses import response_table
@@ -24,6 +25,10 @@ from ptrag_kedro.retrieval import RetrievalIndex, build_index, l2_normalise, sea
 from ptrag_kedro.schema import CELL_LINE, PERTURBATION, PROVENANCE_KEY, TRAIN
 
 logger = logging.getLogger(__name__)
+
+
+#: The paper's K: candidates per perturbation.
+PAPER_K = 32
 
 
 class RetrievalError(ValueError):
@@ -43,7 +48,7 @@ def _check_embeddings(
         "screen",
         perturbation_embeddings.attrs.get("screen_fingerprint"),
         split_manifest["screen_fingerprint"],
-        "kedro run --pipeline=genept",
+        "kedro run --pipelines=genept",
     )
 
 
@@ -73,11 +78,13 @@ def find_retrieval_candidates(
     retrieval_index: RetrievalIndex,
     perturbation_embeddings: pd.DataFrame,
     split_manifest: dict[str, Any],
-    retrieval: dict[str, Any],
+    retrieval: RetrievalParameters,
 ) -> pd.DataFrame:
     """Top-K train perturbations for every embedded perturbation (train, val, test), self excluded.
 
     Computed once here, so training looks candidates up per cell sentence instead of searching.
+    ``k: auto`` takes the paper's 32, or the largest legal K on a screen with fewer train
+    perturbations.
     """
     _check_embeddings(perturbation_embeddings, split_manifest)
     require_same(
@@ -85,15 +92,21 @@ def find_retrieval_candidates(
         "perturbation embeddings",
         retrieval_index.provenance.get("embeddings_fingerprint"),
         perturbation_embeddings.attrs["embeddings_fingerprint"],
-        "kedro run --pipeline=retrieval_index",
+        "kedro run --pipelines=retrieval_index",
     )
-    k = int(retrieval["k"])
     n_train = len(retrieval_index.names)
+    k = min(PAPER_K, n_train - 1) if retrieval.k == "auto" else int(retrieval.k)
+    if retrieval.k == "auto":
+        logger.info(
+            "retrieval_index.k: auto -> %d (the paper's %d, at most %d train perturbations - 1)",
+            k,
+            PAPER_K,
+            n_train,
+        )
     if not 1 <= k <= n_train - 1:
         raise RetrievalError(
             f"parameter retrieval_index.k = {k}, but with {n_train} train perturbations a query "
-            "can "
-            f"have at most {n_train - 1} candidates (itself excluded): lower k"
+            f"can have at most {n_train - 1} candidates (itself excluded): lower k, or set auto"
         )
     queries = [p for p in perturbation_embeddings.index if p != split_manifest["control_label"]]
     candidates = search(
@@ -117,7 +130,7 @@ def build_perturbation_responses(
         "screen",
         split_manifest["screen_fingerprint"],
         fingerprint,
-        "kedro run --pipeline=ingestion",
+        "kedro run --pipelines=ingestion",
     )
     table = response_table(screen)
     allowed = {
@@ -129,7 +142,7 @@ def build_perturbation_responses(
     if not entries <= allowed:  # the split column and the manifest disagree: never leak
         raise RetrievalError(
             f"perturbation_responses would hold {len(entries - allowed)} groups that the "
-            "split_manifest does not list as train; rebuild with `kedro run --pipeline=ingestion`"
+            "split_manifest does not list as train; rebuild with `kedro run --pipelines=ingestion`"
         )
     table.attrs = {"screen_fingerprint": fingerprint}
     logger.info(

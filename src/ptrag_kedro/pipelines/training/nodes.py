@@ -169,7 +169,7 @@ def load_model_config(record: dict[str, Any]) -> ModelConfig:
     if record.get("record_format") != RECORD_FORMAT:
         raise StaleArtefactError(
             "the model record was written by another version of ptrag-kedro; retrain it with "
-            "`kedro run --pipeline=training`"
+            "`kedro run --pipelines=training`"
         )
     return ModelConfig(**record["config"])
 

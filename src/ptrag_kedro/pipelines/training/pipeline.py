@@ -50,6 +50,8 @@ def variant_pipeline(variant: str) -> Pipeline:
         _base(),
         namespace=variant,
         inputs=SHARED_INPUTS,
+        # Read outside the namespace (loss curves): a public name, not `<variant>.loss_history`.
+        outputs={"loss_history": f"{variant}_loss_history"},
         parameters={
             "params:training": "params:training",
             "params:model": "params:model",
