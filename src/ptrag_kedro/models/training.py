@@ -75,9 +75,7 @@ class TrainingPlan(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         device = batch[next(iter(batch))].device
-        generator = torch.Generator(device=device).manual_seed(
-            self.seed * 100_003 + batch_index
-        )
+        generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + batch_index)
         output = self.model(batch, generator=generator)
         self.log("val_energy", self.model.loss(batch, output).energy, prog_bar=True)
         if output.kept_fraction is not None:
