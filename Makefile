@@ -6,14 +6,19 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint test-fast viz benchmark clean
+.PHONY: install install-dev run test lint test-fast viz notebook benchmark clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed          ## what the pipelines need, nothing more
+install-dev: $(VENV)/.installed-dev  ## + the extras: test, text (GenePT summaries), eval, notebook
 
 # constraints.txt pins every transitive dependency, so a fresh machine gets the same versions.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,text,eval]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,text,eval,notebook]"
 	touch $@
 
 run: install            ## the whole default pipeline on the built-in demo screen
@@ -24,15 +29,18 @@ LINTED := src tests benchmarks
 test: lint              ## style checks, then the whole test suite (end-to-end runs included)
 	$(BIN)/python -m pytest
 
-lint: install           ## ruff: lint rules and formatting (pyproject.toml [tool.ruff])
+lint: install-dev       ## ruff: lint rules and formatting (pyproject.toml [tool.ruff])
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
-test-fast: install      ## skip the slow end-to-end runs
+test-fast: install-dev  ## skip the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
 viz: install
 	$(BIN)/kedro viz run
+
+notebook: install-dev   ## JupyterLab with `catalog`, `session` and `pipelines` loaded
+	$(BIN)/kedro jupyter lab
 
 benchmark: install      ## ingestion memory/time on a simulated 1M-cell screen (minutes, ~15 GB)
 	$(BIN)/python benchmarks/ingestion_memory.py --cells 1000000 --genes 2000

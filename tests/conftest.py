@@ -157,9 +157,12 @@ def tiny_training(**overrides: Any) -> Any:
 
 
 def train_tiny(
-    inputs: dict[str, Any], checkpoint_dir: Path, variant: str = "ptrag", **training: Any
+    inputs: dict[str, Any],
+    checkpoint_dir: Path,
+    variant: str | dict[str, Any] = "ptrag",
+    **training: Any,
 ) -> tuple[dict[str, Any], Any, Any]:
-    """Train one tiny variant with the training node."""
+    """Train one tiny variant (a name of TINY_VARIANTS, or its parameters) with the node."""
     from ptrag_kedro.datasets import CheckpointDirectory
     from ptrag_kedro.parameters import VariantParameters
     from ptrag_kedro.pipelines.training.nodes import train_model
@@ -172,6 +175,6 @@ def train_tiny(
         inputs["split_manifest"],
         tiny_training(**training),
         TINY_BACKBONE,
-        VariantParameters(**TINY_VARIANTS[variant]),
+        VariantParameters(**(TINY_VARIANTS[variant] if isinstance(variant, str) else variant)),
         CheckpointDirectory(Path(checkpoint_dir)),
     )

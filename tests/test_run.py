@@ -21,6 +21,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.io import DatasetError
 
+from ptrag_kedro.metrics import metric_registry
 from tests.conftest import PROJECT_ROOT, TINY_BACKBONE, TINY_SIMULATION, TINY_VARIANTS
 
 pytestmark = pytest.mark.slow
@@ -69,8 +70,10 @@ def _digest(path: Path) -> str:
 
 
 VARIANTS = list(TINY_VARIANTS)
-BASELINES = ["control_mean", "perturbation_mean", "context", "linear", "line_linear"]
-N_METRICS = 9
+BASELINES = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_reporting.yml").read_text())[
+    "reporting"
+]["baselines"]
+N_METRICS = len(metric_registry())
 
 
 def _add_variant_in_parameters(project: Path) -> None:
@@ -132,7 +135,9 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     assert "| ptrag_residual |" in report and "w1 ↓" in report and "## Paired tests" in report
     for plot in ("comparison_metrics.png", "w1_vs_reference.png", "loss_curves.png", "gates.png"):
         assert (project / "data/08_reporting" / plot).stat().st_size > 10_000, plot
-    assert json.loads((project / "data/08_reporting/comparison_metrics.json").read_text())["data"]
+    bars = json.loads((project / "data/08_reporting/comparison_metrics.json").read_text())["data"]
+    assert [bar["name"] for bar in bars] == list(dict.fromkeys(comparison["metric"]))
+    assert all(bar["x"] == [*variants, *BASELINES] for bar in bars)
     predictions = ad.read_h5ad(project / "data/07_model_output/ptrag/predictions.h5ad")
     assert {"perturbation", "cell_line", "seed", "kind", "control_cell"} <= set(
         predictions.obs.columns
@@ -215,7 +220,15 @@ def test_runtime_params_select_heldout_line(project: Path) -> None:
     _run(project, runtime_params={"heldout_cell_line": "k562"})
     manifest = json.loads((project / "data/03_primary/split_manifest.json").read_text())
     assert manifest["heldout_cell_line"] == "k562"
-    assert manifest["cell_lines"]["k562"]["test"]
+    screen = ad.read_h5ad(project / "data/03_primary/screen.h5ad", backed="r")
+    k562_test = screen.obs[(screen.obs["cell_line"] == "k562") & (screen.obs["split"] == "test")]
+    assert sorted(manifest["cell_lines"]["k562"]["test"]) == sorted(
+        k562_test["perturbation"].astype(str).unique()
+    )
+    assert (
+        len(k562_test) > 0
+        and not (screen.obs["split"] == "test").loc[screen.obs["cell_line"] != "k562"].any()
+    )
 
 
 def test_demo_never_overwrites_a_users_screen(project: Path, tiny_screen: ad.AnnData) -> None:
@@ -306,23 +319,3 @@ def test_cli_ingestion_of_a_real_screen(project: Path, shared_data: Path) -> Non
     screen = ad.read_h5ad(project / "data/03_primary/screen.h5ad")
     assert screen.uns["ptrag"]["raw_screen"] == str(raw)
     assert _digest(raw) == before  # a raw input is never written
-
-
-def test_registry_names_every_pipeline() -> None:
-    from ptrag_kedro.pipeline_registry import register_pipelines
-
-    pipelines = register_pipelines()
-    assert {
-        "demo",
-        "download",
-        "ingestion",
-        "genept",
-        "retrieval_index",
-        "analysis",
-        "__default__",
-    } <= set(pipelines)
-    assert {f"train_{variant}" for variant in VARIANTS} | {"reporting"} <= set(pipelines)
-    default_nodes = {node.name for node in pipelines["__default__"].nodes}
-    assert "simulate_demo_screen" in default_nodes and "split_screen" in default_nodes
-    assert "simulate_demo_screen" not in {node.name for node in pipelines["analysis"].nodes}
-    assert "download_raw_screen" not in default_nodes

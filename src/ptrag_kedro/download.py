@@ -208,15 +208,10 @@ def download_file(
     destination = Path(destination)
     part = destination.with_name(destination.name + ".part")
     started = time.perf_counter()
-    if destination.exists():
+    if _already_downloaded(destination, expected_size):
         size = destination.stat().st_size
-        if expected_size is None or size == expected_size:
-            logger.info("%s already present (%d bytes); not downloading", destination, size)
-            return _report(url, destination, size, 0, True, started)
-        raise DownloadError(
-            f"{destination} exists with {size} bytes but {expected_size} were expected; "
-            "delete it to download again"
-        )
+        logger.info("%s already present (%d bytes); not downloading", destination, size)
+        return _report(url, destination, size, 0, True, started)
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Byte counts are checked against Content-Length / Content-Range, which count the bytes as
     # sent: a compressed transfer would be decoded to a different size, so ask for none.
@@ -230,17 +225,7 @@ def download_file(
         logger.info("%s was already complete in %s (%d bytes)", destination, part, offset)
         return _report(url, destination, offset, offset, False, started)
     with response:
-        if response.status_code not in (200, 206):
-            raise _http_error(url, response, token_env_var)
-        if response.status_code == 206 and _content_range(response)[0] != offset:
-            raise DownloadError(
-                f"{url} answered a request for the whole file with Content-Range "
-                f"{response.headers.get('Content-Range')!r}"
-            )
-        remote = _remote_total(response, offset)
-        if expected_size is not None and remote is not None and remote != expected_size:
-            raise DownloadError(f"{url} reports {remote} bytes but {expected_size} were expected")
-        total = expected_size if expected_size is not None else remote
+        total = _checked_total(response, url, offset, expected_size, token_env_var)
         if offset:
             logger.info("Resuming %s from byte %d", url, offset)
         _stream_to(response, part, offset, total, chunk_size, url, destination.name)
@@ -252,6 +237,40 @@ def download_file(
     os.replace(part, destination)
     logger.info("Downloaded %s (%d bytes, resumed from %d)", destination, size, offset)
     return _report(url, destination, size, offset, False, started)
+
+
+def _already_downloaded(destination: Path, expected_size: int | None) -> bool:
+    """True for a finished download; a file of the wrong size is an error, never overwritten."""
+    if not destination.exists():
+        return False
+    size = destination.stat().st_size
+    if expected_size is None or size == expected_size:
+        return True
+    raise DownloadError(
+        f"{destination} exists with {size} bytes but {expected_size} were expected; "
+        "delete it to download again"
+    )
+
+
+def _checked_total(
+    response: requests.Response,
+    url: str,
+    offset: int,
+    expected_size: int | None,
+    token_env_var: str,
+) -> int | None:
+    """The file's total size, after refusing an error status or a range we did not ask for."""
+    if response.status_code not in (200, 206):
+        raise _http_error(url, response, token_env_var)
+    if response.status_code == 206 and _content_range(response)[0] != offset:
+        raise DownloadError(
+            f"{url} answered a request for the whole file with Content-Range "
+            f"{response.headers.get('Content-Range')!r}"
+        )
+    remote = _remote_total(response, offset)
+    if expected_size is not None and remote is not None and remote != expected_size:
+        raise DownloadError(f"{url} reports {remote} bytes but {expected_size} were expected")
+    return expected_size if expected_size is not None else remote
 
 
 def _report(

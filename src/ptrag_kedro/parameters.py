@@ -69,14 +69,14 @@ class VariantParameters:
     Args:
         model: :class:`~ptrag_kedro.models.ModelConfig` fields that differ from ``model``
             (``retrieval`` at least).
-        candidates_k: GenePT candidates per sentence for ``vanilla`` / ``ptrag`` (at most
-            ``retrieval_index.k``).
+        candidates_k: GenePT candidates per sentence for ``vanilla`` / ``ptrag``: at most
+            ``retrieval_index.k``, or ``auto`` for every candidate ``retrieval_candidates`` lists.
         response_neighbours: neighbours per neighbour kind in the ``response`` block's slots.
         label: how tables and plots name the variant (default: its key).
     """
 
     model: dict[str, Any] = field(default_factory=dict)
-    candidates_k: int = 0
+    candidates_k: int | Literal["auto"] = 0
     response_neighbours: int = 0
     label: str = ""
 
@@ -87,7 +87,12 @@ class VariantParameters:
         _require(not unknown, f"unknown model option(s) {unknown}; known: {sorted(known)}")
         retrieval = self.model.get("retrieval", "none")
         if retrieval in ("vanilla", "ptrag"):
-            _require(self.candidates_k >= 1, f"retrieval '{retrieval}' needs candidates_k >= 1")
+            _require(
+                self.candidates_k == "auto"
+                or (isinstance(self.candidates_k, int) and self.candidates_k >= 1),
+                f"retrieval '{retrieval}' needs candidates_k >= 1 or auto, not "
+                f"{self.candidates_k!r}",
+            )
         if retrieval == "response":
             _require(
                 self.response_neighbours >= 1, "retrieval 'response' needs response_neighbours >= 1"
@@ -107,6 +112,21 @@ class VariantParameters:
     @property
     def retrieval(self) -> str:
         return str(self.model.get("retrieval", "none"))
+
+    def resolved_candidates_k(self, listed: int) -> int:
+        """``candidates_k`` given ``listed`` candidates per perturbation in the candidates table
+        (0 for a variant without GenePT candidates); more than are listed is a one-line error."""
+        if self.retrieval not in ("vanilla", "ptrag"):
+            return 0
+        if self.candidates_k == "auto":
+            return listed
+        _require(
+            self.candidates_k <= listed,
+            f"candidates_k = {self.candidates_k}, but retrieval_candidates lists {listed} per "
+            "perturbation (parameter retrieval_index.k): lower candidates_k (or set it to auto), "
+            "or raise retrieval_index.k and run `kedro run --pipelines=retrieval_index`",
+        )
+        return int(self.candidates_k)
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,21 @@ def test_evaluate_runs_every_registered_metric_and_validates() -> None:
 
     values = evaluate(inputs(), METRICS)
     assert set(values) == set(METRICS) and all(np.isfinite(list(values.values())))
+    # each value is its metric on the right inputs: sets in PC space, means over cells in genes
+    real, predicted, control = genes[:10].mean(0), genes[10:20].mean(0), genes[20:].mean(0)
+    expected = {
+        "w1": w1(X[:10], Y[:10]),
+        "w2": w2(X[:10], Y[:10]),
+        "energy": energy(X[:10], Y[:10]),
+        "mmd": mmd(X[:10], Y[:10]),
+        "pearson_delta": pearson_delta(real, predicted, control),
+        "pearson_delta_context": pearson_delta_context(real, predicted, genes[:20].mean(0)),
+        "mse": mse(real, predicted),
+        "mae": mae(real, predicted),
+        "de_overlap@100": de_overlap(real, predicted, control, n_top=100),
+    }
+    assert values == pytest.approx(expected, rel=1e-12)
+    assert len(set(np.round(list(expected.values()), 9))) == len(expected)  # no two alike
     assert METRICS["w1"].arrow == "↓" and METRICS["pearson_delta"].arrow == "↑"
     with pytest.raises(ValueError, match="gene dimensions differ"):
         inputs(predicted_genes=genes[10:20, :5])

@@ -166,19 +166,28 @@ def test_vanilla_equals_single_head_attention(form: str) -> None:
 
 @pytest.mark.parametrize("retrieval", ["vanilla", "ptrag", "response"])
 def test_predictions_change_when_the_candidates_change(retrieval: str) -> None:
+    """Change what sentences 0 and 2 retrieve: their predictions change, sentence 1's do not."""
     model = _model(retrieval).eval()
     batch = _batch()
     other = dict(batch)
     if retrieval == "response":
-        other[keys.RESPONSES] = batch[keys.RESPONSES] + 1.0
+        other[keys.RESPONSES] = batch[keys.RESPONSES].clone()
+        other[keys.RESPONSES][[0, 2]] += 1.0
         with torch.no_grad():  # its zero-initialised paths start as STATE; give them weight
             model.retrieval.output_gain.fill_(1.0)
+            model.retrieval.input_projection.weight.normal_(0.0, 0.1)
     else:
-        other[keys.CANDIDATES] = torch.flip(batch[keys.CANDIDATES], dims=[0])
+        other[keys.CANDIDATES] = torch.flip(batch[keys.CANDIDATES], dims=[0])  # 0 <-> 2
     with torch.no_grad():
         first = model(batch, torch.Generator().manual_seed(0)).predicted
         second = model(other, torch.Generator().manual_seed(0)).predicted
-    assert (first - second).abs().max() > 1e-3
+    change = (first - second).abs().amax(dim=(1, 2))  # [B]
+    assert change[0] > 1e-3 and change[2] > 1e-3
+    torch.testing.assert_close(first[1], second[1])  # no sentence reads another's candidates
+    # The same change does nothing to STATE, which retrieves nothing.
+    state = _model("none").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(state(batch).predicted, state(other).predicted)
 
 
 def test_response_block_starts_as_state() -> None:

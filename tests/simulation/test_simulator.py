@@ -228,7 +228,8 @@ def test_embeddings_reflect_modules_partly(tiny_config: SimulationConfig) -> Non
     config = SimulationConfig()  # the demo: 1,536-d, 12 modules
     genes = plan_screen(config).genes
     embeddings = simulate_gene_embeddings(config, genes)
-    assert embeddings.shape == (config.n_genes, 1536)
+    assert embeddings.shape == (config.n_genes, config.embedding_dim)
+    assert list(embeddings.index) == list(genes.index)
     np.testing.assert_allclose(np.linalg.norm(embeddings.to_numpy(), axis=1), 1.0, rtol=1e-5)
     vectors = embeddings.to_numpy()[genes["perturbed"].to_numpy()]
     module = genes["module"].to_numpy()[genes["perturbed"].to_numpy()]
@@ -243,7 +244,15 @@ def test_embeddings_reflect_modules_partly(tiny_config: SimulationConfig) -> Non
     assert precision < 0.9
     table = gene_module_table(genes)
     assert list(table.columns[:2]) == ["symbol", "module"]
-    assert table["misleading_embedding"].any()
+    assert list(table["symbol"]) == list(genes.index)
+    np.testing.assert_array_equal(table["module"], genes["module"])
+    # a misleading gene's embedding points at another module than its own
+    misleading = table["misleading_embedding"].to_numpy()
+    np.testing.assert_array_equal(
+        misleading, (table["embedding_module"] != table["module"]).to_numpy()
+    )
+    fraction = misleading[table["module"].to_numpy() >= 0].mean()
+    assert 0.5 * config.misleading_fraction < fraction < 2 * config.misleading_fraction
 
 
 def test_config_rejects_unknown_and_bad_fields() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import tempfile
@@ -9,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
+from kedro_datasets._typing import TablePreview
 
 _Input = TypeVar("_Input")
 _Output = TypeVar("_Output")
@@ -119,3 +122,25 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
             "optional": self._optional,
             "write_only_under": str(self._write_only_under) if self._write_only_under else None,
         }
+
+
+class LocalTableDataset(LocalFileDataset[_Input, _Output]):
+    """A local file that kedro-viz previews as a table: its first rows (``_head``).
+
+    ``preview`` follows kedro-viz's contract for custom datasets (the shape and return type of
+    kedro-datasets' pandas datasets); kedro-viz picks the table renderer from the annotation.
+    """
+
+    def preview(self, nrows: int = 5) -> TablePreview:
+        """The first ``nrows`` rows as ``DataFrame.to_dict(orient="split")``.
+
+        A missing file raises the missing-file error; kedro-viz logs it and shows no preview.
+        """
+        if nrows < 0:
+            raise DatasetError(f"{self._filepath}: preview nrows must be >= 0, got {nrows}")
+        self._require_file()
+        return TablePreview(self._head(nrows).to_dict(orient="split"))
+
+    @abc.abstractmethod
+    def _head(self, nrows: int) -> pd.DataFrame:
+        """The file's first ``nrows`` rows, reading no more of it than needed."""

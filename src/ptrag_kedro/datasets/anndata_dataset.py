@@ -6,16 +6,20 @@ import logging
 from typing import Any
 
 import anndata as ad
+import h5py
+import pandas as pd
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset, check_write_allowed
+from ptrag_kedro.datasets._files import LocalTableDataset, check_write_allowed
 from ptrag_kedro.download import RemoteFile
 
 logger = logging.getLogger(__name__)
 
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError)
 
-class AnnDataDataset(LocalFileDataset[ad.AnnData | RemoteFile, ad.AnnData]):
-    """Load and save an ``AnnData`` as h5ad.
+
+class AnnDataDataset(LocalTableDataset[ad.AnnData | RemoteFile, ad.AnnData]):
+    """Load and save an ``AnnData`` as h5ad; kedro-viz previews the first cells' ``obs``.
 
     Example catalog entry::
 
@@ -58,13 +62,8 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData | RemoteFile, ad.AnnData]):
         self._require_file()
         try:
             return ad.read_h5ad(self._filepath, **self._load_args)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            # h5py reports truncation and foreign formats as OSError with a multi-line text.
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DatasetError(
-                f"{self._filepath}: not a readable h5ad file (truncated or another format): "
-                f"{reason}"
-            ) from exc
+        except _READ_ERRORS as exc:
+            raise self._unreadable(exc) from exc
 
     def save(self, data: ad.AnnData | RemoteFile) -> None:
         """Write an ``AnnData``; or fetch a :class:`RemoteFile` to this path (the download node's
@@ -77,6 +76,25 @@ class AnnDataDataset(LocalFileDataset[ad.AnnData | RemoteFile, ad.AnnData]):
         with self._write_target() as tmp_path:
             data.write_h5ad(tmp_path, **self._save_args)
         logger.info("Wrote %s (%d cells x %d genes)", self._filepath, data.n_obs, data.n_vars)
+
+    def _head(self, nrows: int) -> pd.DataFrame:
+        """The first ``nrows`` cells' metadata (``obs``: perturbation, cell line, split...).
+
+        Only the file's ``obs`` group is read: never ``X``, layers or embeddings.
+        """
+        try:
+            with h5py.File(self._filepath, "r") as handle:
+                obs = ad.io.read_elem(handle["obs"])
+        except _READ_ERRORS as exc:
+            raise self._unreadable(exc) from exc
+        return obs.iloc[:nrows]
+
+    def _unreadable(self, exc: Exception) -> DatasetError:
+        # h5py reports truncation and foreign formats as OSError with a multi-line text.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return DatasetError(
+            f"{self._filepath}: not a readable h5ad file (truncated or another format): {reason}"
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from kedro.io import DatasetError
+from kedro_datasets._typing import JSONPreview
 
 from ptrag_kedro.datasets._files import LocalFileDataset
 
@@ -63,6 +64,15 @@ class JSONDataset(LocalFileDataset[Any, Any]):
         with self._write_target() as tmp_path:
             with tmp_path.open("w", encoding="utf-8") as handle:
                 json.dump(data, handle, **self._save_args)
+
+    def preview(self) -> JSONPreview:
+        """kedro-viz's JSON preview: the file's content as a JSON string (kedro-datasets' form).
+
+        A missing or unconfigured file raises; kedro-viz logs it and shows no preview.
+        """
+        if self._no_file:
+            raise DatasetError("JSONDataset: nothing to preview, no 'filepath' configured")
+        return JSONPreview(json.dumps(self.load()))
 
     def _exists(self) -> bool:
         return not self._no_file and super()._exists()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from kedro.io import DatasetError
 
-from ptrag_kedro.datasets._files import LocalFileDataset
+from ptrag_kedro.datasets._files import LocalTableDataset
 
 
-class ParquetDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
+class ParquetDataset(LocalTableDataset[pd.DataFrame, pd.DataFrame]):
     """A ``DataFrame`` as parquet; ``attrs`` round-trip (pandas stores them in the file's metadata).
+
+    kedro-viz previews its first rows (read batch by batch, never the whole file).
 
     Args:
         filepath: path of the parquet file.
@@ -32,3 +36,17 @@ class ParquetDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
     def save(self, data: pd.DataFrame) -> None:
         with self._write_target() as tmp_path:
             data.to_parquet(tmp_path)
+
+    def _head(self, nrows: int) -> pd.DataFrame:
+        try:
+            with pq.ParquetFile(self._filepath) as parquet_file:
+                batches, rows = [], 0
+                for batch in parquet_file.iter_batches(batch_size=max(nrows, 1)):
+                    if rows >= nrows:
+                        break
+                    batches.append(batch)
+                    rows += batch.num_rows
+                table = pa.Table.from_batches(batches, schema=parquet_file.schema_arrow)
+                return table.slice(0, nrows).to_pandas()
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{self._filepath}: unreadable parquet file: {exc}") from exc

@@ -71,8 +71,14 @@ class MetricSpec:
 
 def metric_registry(n_pcs: int = 50, de_top_n: int = 100) -> dict[str, MetricSpec]:
     """The metrics with the run's settings (PCs of the distribution metrics, top-N of DE)."""
+    specs = (*_distribution_metrics(n_pcs), *_expression_metrics(de_top_n))
+    return {spec.name: spec for spec in specs}
+
+
+def _distribution_metrics(n_pcs: int) -> tuple[MetricSpec, ...]:
+    """Distances between the real and predicted cell sets, in the held-out line's PCs."""
     in_pcs = f"in the held-out line's first {n_pcs} PCs"
-    specs = (
+    return (
         MetricSpec(
             "w1",
             f"mean over PCs of the 1-D Wasserstein-1 distance, {in_pcs}",
@@ -101,6 +107,12 @@ def metric_registry(n_pcs: int = 50, de_top_n: int = 100) -> dict[str, MetricSpe
             "pca",
             lambda m: distributions.mmd(m.real_pca, m.predicted_pca),
         ),
+    )
+
+
+def _expression_metrics(de_top_n: int) -> tuple[MetricSpec, ...]:
+    """Comparisons of the real and predicted mean expression, over genes."""
+    return (
         MetricSpec(
             "pearson_delta",
             "Pearson r of predicted vs real mean shift from control, genes",
@@ -143,7 +155,6 @@ def metric_registry(n_pcs: int = 50, de_top_n: int = 100) -> dict[str, MetricSpe
             chance=lambda n_genes: min(1.0, de_top_n / n_genes),
         ),
     )
-    return {spec.name: spec for spec in specs}
 
 
 #: The metrics with the default settings (50 PCs, top-100 genes).

@@ -21,6 +21,7 @@ from ptrag_kedro.pipelines.genept.nodes import (
     build_perturbation_embeddings,
     embed_gene_summaries,
 )
+from ptrag_kedro.provenance import fingerprint_frame
 
 GENEPT = GeneptParameters(source="file", batch_size=32, missing="drop", max_missing_fraction=0.5)
 SUMMARIES = dataclasses.replace(GENEPT, source="summaries")
@@ -64,10 +65,8 @@ def test_embeddings_cover_perturbations_with_control_zero() -> None:
     assert list(embeddings.index) == ["non-targeting", "AAA", "BBB", "CCC", "DDD"]
     assert np.all(embeddings.loc["non-targeting"].to_numpy() == 0)
     np.testing.assert_array_equal(embeddings.loc["CCC"].to_numpy(), vectors.loc["CCC"].to_numpy())
-    assert (
-        embeddings.attrs["screen_fingerprint"] == "abc123"
-        and embeddings.attrs["embeddings_fingerprint"]
-    )
+    assert embeddings.attrs["screen_fingerprint"] == "abc123"
+    assert embeddings.attrs["embeddings_fingerprint"] == fingerprint_frame(embeddings)
     assert report["coverage"]["hepg2"]["test"] == {"n": 1, "embedded": 1, "fraction": 1.0}
     assert list(embeddings.columns) == [str(index) for index in range(6)]
 
@@ -153,7 +152,12 @@ def test_real_genept_vectors_for_a_screen(shared_data: Path) -> None:
             {"k562": real_genes[:15]}, val=real_genes[15:17], test=real_genes[17:] + ["NOTAGENE"]
         ),
     )
-    assert embeddings.shape == (21, 1536)
+    assert list(embeddings.index) == ["non-targeting", *real_genes]  # NOTAGENE dropped
+    assert embeddings.shape[1] == vectors.shape[1]
+    np.testing.assert_array_equal(
+        embeddings.loc[real_genes].to_numpy(), vectors.loc[real_genes].to_numpy(np.float32)
+    )
+    assert not embeddings.loc["non-targeting"].any()
     assert report["n_missing"] == 1 and report["source"].endswith("genept_ada002_adamson87.csv.gz")
 
 

@@ -44,7 +44,7 @@ def test_demo_screen_counts_path(tiny_screen: ad.AnnData, ingestion_params: dict
     screen, manifest = ingest(tiny_screen, ingestion_params)
     assert list(screen.obs.columns[:3]) == ["perturbation", "cell_line", "batch"]
     assert "split" in screen.obs
-    assert screen.n_vars == 100
+    assert screen.n_vars == ingestion_params["features"]["n_top_genes"]
     features = screen.uns["ptrag"]["features"]
     assert features["path"].startswith("scanpy:")
     # log1p(normalize_total) values: non-negative, not integers any more
@@ -78,12 +78,18 @@ def test_real_papalexi_counts(shared_data: Path, ingestion_params: dict) -> None
     raw = AnnDataDataset(filepath=str(shared_data / "papalexi2021_thp1_crispr_counts.h5ad")).load()
     ingestion_params["split"]["heldout_cell_line"] = "thp1"
     screen, manifest = ingest(raw, ingestion_params)
-    assert screen.n_vars == 100  # n_top_genes of the test parameters
+    assert screen.n_vars == ingestion_params["features"]["n_top_genes"]
     assert set(screen.obs["cell_line"]) == {"thp1"}
     line = manifest["cell_lines"]["thp1"]
-    assert line["val"] and line["test"] and line["train"]
-    assert len(line["train"]) + len(line["val"]) + len(line["test"]) == 25
-    assert line["n_control_cells"] > 1000
+    _check_split_invariants(screen, manifest)
+    # the 25 perturbations of the file that pass QC, split by the configured fractions
+    perturbed = set(screen.obs.loc[screen.obs["split"] != CONTROL, "perturbation"])
+    assert set(line["train"]) | set(line["val"]) | set(line["test"]) == perturbed
+    assert len(perturbed) == 25
+    split = ingestion_params["split"]
+    assert len(line["val"]) == round(split["val_fraction"] * 25)
+    assert len(line["test"]) == round(split["test_fraction"] * 25)
+    assert line["n_control_cells"] == (screen.obs["split"] == CONTROL).sum() > 1000
     assert screen.obs["batch"].nunique() == 3
 
 
@@ -114,7 +120,10 @@ def test_few_shot_split_invariants(tiny_screen: ad.AnnData, ingestion_params: di
     _check_split_invariants(screen, manifest)
     heldout = manifest["cell_lines"]["hepg2"]
     n = len(heldout[TRAIN]) + len(heldout[VAL]) + len(heldout[TEST])
-    assert len(heldout[VAL]) == round(0.1 * n) and len(heldout[TEST]) == round(0.3 * n)
+    split = ingestion_params["split"]
+    assert len(heldout[VAL]) == round(split["val_fraction"] * n)
+    assert len(heldout[TEST]) == round(split["test_fraction"] * n)
+    assert len(heldout[VAL]) > 0 and len(heldout[TEST]) > len(heldout[VAL])
     for line in ("k562", "rpe1", "jurkat"):
         assert not manifest["cell_lines"][line][VAL]
     again, _ = ingest(tiny_screen.copy(), ingestion_params)
@@ -130,7 +139,10 @@ def test_zero_shot_split(tiny_screen: ad.AnnData, ingestion_params: dict) -> Non
     screen, manifest = ingest(tiny_screen, ingestion_params)
     _check_split_invariants(screen, manifest)
     rpe1 = manifest["cell_lines"]["rpe1"]
-    assert not rpe1[TRAIN] and not rpe1[VAL] and rpe1[TEST]
+    assert not rpe1[TRAIN] and not rpe1[VAL]
+    in_rpe1 = screen.obs[screen.obs["cell_line"] == "rpe1"]
+    assert set(rpe1[TEST]) == set(in_rpe1["perturbation"]) - {manifest["control_label"]}
+    assert len(rpe1[TEST]) > 0
     assert set(screen.obs.loc[screen.obs["cell_line"] == "rpe1", "split"]) == {TEST, CONTROL}
     assert sum(len(manifest["cell_lines"][line][VAL]) for line in ("k562", "jurkat", "hepg2")) > 0
 
@@ -240,7 +252,11 @@ def test_highly_variable_genes_ignore_held_out_cells(
     sc.pp.normalize_total(normalised, target_sum=1e4)
     sc.pp.log1p(normalised)
     on_all = sc.pp.highly_variable_genes(
-        normalised, n_top_genes=100, flavor="seurat", batch_key="cell_line", inplace=False
+        normalised,
+        n_top_genes=ingestion_params["features"]["n_top_genes"],
+        flavor=ingestion_params["features"]["hvg_flavor"],
+        batch_key="cell_line",
+        inplace=False,
     )
     assert set(normalised.var_names[on_all["highly_variable"].to_numpy()]) != set(screen.var_names)
 

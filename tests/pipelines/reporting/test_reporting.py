@@ -10,16 +10,21 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from matplotlib.container import BarContainer
 from scipy.stats import rankdata
 from sklearn.linear_model import Ridge
 
 from ptrag_kedro.metrics import metric_registry
+from ptrag_kedro.models import PerturbationModel
+from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.pipelines.reporting.baselines import BASELINES, predict_baselines
 from ptrag_kedro.pipelines.reporting.comparison import compare_methods
 from ptrag_kedro.pipelines.reporting.evaluation import evaluate_predictions
 from ptrag_kedro.pipelines.reporting.inference import predict_test_cells
 from ptrag_kedro.pipelines.reporting.plots import (
+    HEATMAP_CONDITIONS,
     gate_heatmap,
     gate_summary,
     loss_curves,
@@ -27,12 +32,15 @@ from ptrag_kedro.pipelines.reporting.plots import (
     reference_scatter,
 )
 from ptrag_kedro.pipelines.reporting.report import write_report
+from ptrag_kedro.pipelines.training.nodes import load_model_config
 from ptrag_kedro.provenance import StaleArtefactError
 from ptrag_kedro.responses import dense
 from tests.conftest import train_tiny
 
 REPORTING = ReportingParameters(n_pcs=10)
 REGISTRY = metric_registry(10, 100)
+#: The baselines that add a shift to the models' control draw (``context`` draws other cells).
+FROM_CONTROLS = [name for name in REPORTING.baselines if name != "context"]
 
 
 @pytest.fixture(scope="module")
@@ -85,21 +93,108 @@ def test_predictions_match_the_real_test_cells(trained, prepared_inputs) -> None
     assert (predictions.X >= 0).all()
     assert set(gates["seed"]) == {0, 1} and gates["gate"].between(0, 1).all()
     assert (gates["candidate"] != gates["perturbation"]).all()
-    # sampled gates from seeded generators: the same predictions every time
+    # sampled gates from seeded generators: the same predictions every time (a gate drawn from
+    # an unseeded stream would make the two runs differ)
+    assert trained["ptrag"][0]["config"]["gate_inference"] == "sampled"
+    assert gates["gate"].between(0, 1, inclusive="neither").any()  # cells disagreed: sampled
     again, _ = _predict(trained["ptrag"][0], prepared_inputs)
     np.testing.assert_array_equal(again.X, predictions.X)
     other, _ = _predict(trained["ptrag"][0], prepared_inputs, seed=3)
     assert not np.array_equal(other.X, predictions.X)
 
 
+def _per_condition_change(before: ad.AnnData, after: ad.AnnData) -> pd.Series:
+    """Largest change of a predicted value per (line, perturbation, seed); same cells in order."""
+    pd.testing.assert_frame_equal(before.obs, after.obs)  # the same cells and controls
+    change = np.abs(before.X - after.X).max(1)
+    keys = [before.obs[column].astype(str) for column in ("cell_line", "perturbation", "seed")]
+    return pd.Series(change, index=before.obs_names).groupby(keys).max()
+
+
+def test_retrieval_predictions_follow_their_candidates_and_responses(
+    trained, prepared_inputs
+) -> None:
+    """Other candidates change every test prediction of vanilla RAG and PT-RAG, other responses
+    every one of response_rag, and neither changes STATE's."""
+    genes = [str(gene) for gene in prepared_inputs["screen"].var_names]
+    candidates = prepared_inputs["retrieval_candidates"].copy()
+    # each perturbation's candidates in reverse rank order: its first ones are others now
+    last = candidates.groupby("perturbation")["rank"].transform("max")
+    candidates["rank"] = last - candidates["rank"]
+    candidates.attrs = dict(prepared_inputs["retrieval_candidates"].attrs)
+    responses = prepared_inputs["perturbation_responses"].copy()
+    responses[genes] = responses[genes] + 5.0
+    responses.attrs = dict(prepared_inputs["perturbation_responses"].attrs)
+    changed = {
+        "vanilla_rag": {"retrieval_candidates": candidates},
+        "ptrag": {"retrieval_candidates": candidates},
+        "response_rag": {"perturbation_responses": responses},
+        "state": {"retrieval_candidates": candidates, "perturbation_responses": responses},
+    }
+    for variant, inputs in changed.items():
+        record = trained[variant][0]
+        before, _ = _predict(record, prepared_inputs)
+        after, _ = _predict(record, {**prepared_inputs, **inputs})
+        change = _per_condition_change(before, after)
+        if variant == "state":
+            assert (change == 0).all()
+        else:
+            assert (change > 1e-4).all(), (variant, change.min())
+
+
+def test_inference_switches_dropout_off(trained, prepared_inputs) -> None:
+    """A model with dropout predicts the same cells every time, and those of the same weights
+    without dropout: prediction runs the module in eval mode."""
+    record = trained["state"][0]
+    dropping = {**record, "config": {**record["config"], "dropout": 0.5}}
+    first, _ = _predict(dropping, prepared_inputs)
+    again, _ = _predict(dropping, prepared_inputs)
+    np.testing.assert_array_equal(first.X, again.X)
+    plain, _ = _predict(record, prepared_inputs)
+    np.testing.assert_array_equal(first.X, plain.X)
+    # The dropout is real: in training mode two passes over the same sentences differ.
+    module = PerturbationModel(load_model_config(dropping))
+    module.load_state_dict(record["state_dicts"]["0"])
+    sampler = SentenceSampler(
+        prepared_inputs["screen"],
+        prepared_inputs["perturbation_embeddings"],
+        prepared_inputs["retrieval_candidates"],
+        "test",
+        SentenceSpec(**record["sentences"]),
+        prepared_inputs["split_manifest"]["control_label"],
+    )
+    batch, _ = sampler.prediction_batch(0, REPORTING.seed)
+    with torch.no_grad():
+        module.train()
+        assert not torch.equal(module(batch).predicted, module(batch).predicted)
+        module.eval()
+        torch.testing.assert_close(module(batch).predicted, module(batch).predicted)
+
+
+def _assert_shifted_controls(predicted: np.ndarray, controls: np.ndarray) -> None:
+    """``predicted`` is ``max(controls + shift, 0)`` for one shift per gene, the same for every
+    cell: the cells were predicted from exactly these controls, row by row."""
+    unclipped = predicted > 0
+    some = unclipped.any(0)  # genes where the shift can be read off (elsewhere all clipped)
+    assert some.mean() > 0.5, "nearly everything clipped: nothing to compare"
+    differences = np.where(unclipped, predicted.astype(np.float64) - controls, np.nan)
+    shift = np.nanmean(differences[:, some], axis=0)
+    np.testing.assert_allclose(
+        predicted[:, some], np.maximum(controls[:, some] + shift, 0.0), rtol=0, atol=1e-5
+    )
+
+
 def test_every_method_predicts_from_the_same_controls(trained, prepared_inputs, baselines) -> None:
-    """The control paired with each predicted cell is the same for every model and baseline."""
+    """The control paired with each predicted cell is the same for every model (every seed) and
+    baseline, and every baseline that starts from controls predicts from exactly those cells."""
     screen = prepared_inputs["screen"]
     draws = []
     for variant, (record, _) in trained.items():
         predictions, gates = _predict(record, prepared_inputs)
         assert gates.empty == (variant in ("state", "vanilla_rag"))
-        draws.append(predictions.obs[predictions.obs["seed"] == 0])
+        for seed in record["state_dicts"]:
+            draws.append(predictions.obs[predictions.obs["seed"] == int(seed)])
+    assert len(draws) == sum(len(record["state_dicts"]) for record, _ in trained.values())
     baseline_predictions, _ = baselines
     for method in baseline_predictions.obs["method"].cat.categories:
         draws.append(baseline_predictions.obs[baseline_predictions.obs["method"] == method])
@@ -109,16 +204,27 @@ def test_every_method_predicts_from_the_same_controls(trained, prepared_inputs, 
             draw["control_cell"].astype(str).reset_index(drop=True),
             reference["control_cell"].astype(str),
         )
+        pd.testing.assert_frame_equal(
+            draw[["cell_line", "perturbation"]].astype(str).reset_index(drop=True),
+            reference[["cell_line", "perturbation"]].astype(str),
+        )
     controls = screen.obs.loc[reference["control_cell"].astype(str)]
     assert (controls["split"] == "control").all()
     assert (controls["cell_line"].to_numpy() == reference["cell_line"].to_numpy()).all()
-    # control_mean predicts exactly those control cells
-    no_change = baseline_predictions[
-        (baseline_predictions.obs["method"] == "control_mean").to_numpy()
-    ]
-    np.testing.assert_array_equal(
-        no_change.X, dense(screen[reference["control_cell"].astype(str).to_numpy()].X)
-    )
+    # The baselines' cells, condition by condition, against the screen's rows of that draw.
+    obs = baseline_predictions.obs
+    for (line, name), rows in reference.groupby(["cell_line", "perturbation"], observed=True):
+        drawn = dense(screen[rows["control_cell"].astype(str).to_numpy()].X).astype(np.float64)
+        other = np.roll(drawn, 1, axis=0)  # the same line's controls, paired differently
+        in_condition = ((obs["cell_line"] == line) & (obs["perturbation"] == name)).to_numpy()
+        for method in FROM_CONTROLS:
+            predicted = baseline_predictions.X[in_condition & (obs["method"] == method).to_numpy()]
+            if method == "control_mean":  # no change: exactly those control cells
+                np.testing.assert_array_equal(predicted, drawn.astype(np.float32))
+            _assert_shifted_controls(predicted, drawn)
+            # ... and the check tells another draw apart
+            with pytest.raises(AssertionError):
+                _assert_shifted_controls(predicted, other)
 
 
 def test_a_model_of_another_gene_order_is_refused(trained, prepared_inputs) -> None:
@@ -136,33 +242,13 @@ def _shift(screen, line: str, names: set[str], split: str) -> np.ndarray:
 
 
 def test_baselines_against_independent_computations(prepared_inputs, baselines) -> None:
+    """Every baseline's cells for every test condition, recomputed from the screen."""
     screen, manifest = prepared_inputs["screen"], prepared_inputs["split_manifest"]
     embeddings = prepared_inputs["perturbation_embeddings"]
     predictions, summary = baselines
     assert list(predictions.obs["method"].cat.categories) == list(REPORTING.baselines)
     assert set(REPORTING.baselines) <= set(BASELINES)
     obs = predictions.obs
-    condition = obs.iloc[0]
-    line, name = condition["cell_line"], condition["perturbation"]
-    rows = {
-        method: ((obs["method"] == method) & (obs["perturbation"] == name)).to_numpy()
-        for method in REPORTING.baselines
-    }
-    controls = predictions.X[rows["control_mean"]]
-    # perturbation_mean: the controls plus the mean shift of the lines where it is train
-    shifts = [
-        _shift(screen, other, {name}, "train")
-        for other, entry in manifest["cell_lines"].items()
-        if other != line and name in entry["train"]
-    ]
-    expected = np.maximum(controls + np.mean(shifts, axis=0), 0) if shifts else controls
-    np.testing.assert_allclose(predictions.X[rows["perturbation_mean"]], expected, atol=1e-5)
-    # context: real cells of the line's train perturbations
-    train_cells = dense(
-        screen[((screen.obs["cell_line"] == line) & (screen.obs["split"] == "train")).to_numpy()].X
-    )
-    for cell in predictions.X[rows["context"]]:
-        assert (np.abs(train_cells - cell).sum(1) < 1e-5).any()
     # linear / line_linear: ridge with the alpha of lowest val error, refitted independently
     lines = sorted(manifest["cell_lines"])
     groups = {
@@ -175,10 +261,11 @@ def test_baselines_against_independent_computations(prepared_inputs, baselines) 
         one_hot = np.array([[float(where == other) for other in lines] for where, _ in pairs])
         return np.hstack([vectors, one_hot]) if line_aware else vectors
 
+    targets = {
+        s: np.stack([_shift(screen, where, {g}, s) for where, g in groups[s]]) for s in groups
+    }
+    fits = {}
     for method, line_aware in (("linear", False), ("line_linear", True)):
-        targets = {
-            s: np.stack([_shift(screen, where, {g}, s) for where, g in groups[s]]) for s in groups
-        }
         errors = {
             alpha: np.mean(
                 (
@@ -194,10 +281,47 @@ def test_baselines_against_independent_computations(prepared_inputs, baselines) 
         alpha = min(errors, key=errors.get)
         assert summary["ridge"][method]["alpha"] == alpha
         fit = Ridge(alpha=alpha).fit(design(groups["train"], line_aware), targets["train"])
-        shift = fit.predict(design([(line, name)], line_aware))[0]
-        np.testing.assert_allclose(
-            predictions.X[rows[method]], np.maximum(controls + shift, 0), atol=1e-4
+        fits[method] = (fit, line_aware)
+
+    conditions = obs[["cell_line", "perturbation"]].astype(str).drop_duplicates()
+    test = {(line, g) for line, e in manifest["cell_lines"].items() for g in e["test"]}
+    assert set(conditions.itertuples(index=False, name=None)) == test
+    assert summary["n_conditions"] == len(test)
+    no_shift = []
+    for line, name in conditions.itertuples(index=False, name=None):
+        in_condition = ((obs["cell_line"] == line) & (obs["perturbation"] == name)).to_numpy()
+        rows = {
+            method: in_condition & (obs["method"] == method).to_numpy()
+            for method in REPORTING.baselines
+        }
+        # the models' control draw, named in control_cell, read from the screen
+        controls = dense(screen[obs.loc[rows["control_mean"], "control_cell"].astype(str)].X)
+        np.testing.assert_array_equal(predictions.X[rows["control_mean"]], controls)
+        # perturbation_mean: the controls plus the mean shift of the lines where it is train
+        shifts = [
+            _shift(screen, other, {name}, "train")
+            for other, entry in manifest["cell_lines"].items()
+            if other != line and name in entry["train"]
+        ]
+        if not shifts:
+            no_shift.append(f"{line}/{name}")
+        expected = np.maximum(controls + np.mean(shifts, axis=0), 0) if shifts else controls
+        np.testing.assert_allclose(predictions.X[rows["perturbation_mean"]], expected, atol=1e-5)
+        # context: real cells of the line's train perturbations
+        train_cells = dense(
+            screen[
+                ((screen.obs["cell_line"] == line) & (screen.obs["split"] == "train")).to_numpy()
+            ].X
         )
+        for cell in predictions.X[rows["context"]]:
+            assert (np.abs(train_cells - cell).sum(1) < 1e-5).any()
+        for method, (fit, line_aware) in fits.items():
+            shift = fit.predict(design([(line, name)], line_aware))[0]
+            np.testing.assert_allclose(
+                predictions.X[rows[method]], np.maximum(controls + shift, 0), atol=1e-4
+            )
+    assert sorted(summary["fallbacks"].get("perturbation_mean", [])) == sorted(no_shift)
+    assert len(no_shift) < len(test)  # the shift of perturbation_mean was checked somewhere
 
 
 def test_evaluating_the_real_cells_gives_perfect_scores(prepared_inputs) -> None:
@@ -272,6 +396,22 @@ def test_comparison_paired_tests_report_and_plots(
     assert not comparison[["mean", "sd", "median"]].isna().any().any()
     assert (comparison.loc[comparison["method"] == "ptrag", "n_seeds"] == 2).all()
     assert (comparison.loc[comparison["method"] == "ptrag", "sd"] > 0).any()
+    # mean and sd over seeds of each seed's mean over the test conditions, from the rows
+    every = {
+        **metrics,
+        **{
+            name: baseline_metrics[baseline_metrics["method"] == name]
+            for name in REPORTING.baselines
+        },
+    }
+    for _, entry in comparison.iterrows():
+        table = every[entry["method"]]
+        rows = table[(table["level"] == "condition") & (table["metric"] == entry["metric"])]
+        per_seed = rows.groupby("seed")["value"].mean()
+        assert entry["n_seeds"] == len(per_seed)
+        assert entry["mean"] == pytest.approx(per_seed.mean(), rel=1e-9, abs=1e-12)
+        sd = per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0
+        assert entry["sd"] == pytest.approx(sd, rel=1e-9, abs=1e-12)
     assert comparison.loc[comparison["metric"] == "de_overlap@100", "chance"].notna().all()
     # paired tests: every non-reference variant against the reference, all against the best baseline
     assert len(paired) == (2 * len(trained) - 1) * len(REGISTRY)
@@ -282,14 +422,19 @@ def test_comparison_paired_tests_report_and_plots(
         ours.groupby("perturbation")["value"].mean()
         - theirs.groupby("perturbation")["value"].mean()
     ).to_numpy()
-    if len(differences) <= 12 and np.all(differences != 0):
-        assert row["p_value"] == pytest.approx(_exact_signed_rank_p(differences), rel=1e-6)
+    assert len(differences) <= 12 and np.all(differences != 0)  # the exact test applies
+    assert row["p_value"] == pytest.approx(_exact_signed_rank_p(differences), rel=1e-6)
     assert row["mean_difference"] == pytest.approx(differences.mean())
     gates = {
         variant: _predict(record, prepared_inputs)[1] for variant, (record, _) in trained.items()
     }
     summary = gate_summary(**gates)
     assert set(summary["method"]) == {"ptrag", "response_rag"}
+    for name in ("ptrag", "response_rag"):
+        own = summary[summary["method"] == name].set_index("kind")["gate"]
+        assert own["all"] == pytest.approx(gates[name]["gate"].mean())
+        for kind, part in gates[name].groupby("kind"):
+            assert own[kind] == pytest.approx(part["gate"].mean())
     diagnostics = {
         "k": 5,
         "n_train": 20,
@@ -300,15 +445,73 @@ def test_comparison_paired_tests_report_and_plots(
     report = write_report(comparison, paired, summary, diagnostics, baselines[1], REPORTING)
     assert "| response_rag |" in report and "pearson_delta_context ↑" in report
     assert "*chance*" in report and "## Paired tests" in report
+    histories = {variant: history for variant, (_, history) in trained.items()}
     figures = (
         metric_bars(comparison)[0],
         reference_scatter(REPORTING, **metrics),
-        loss_curves(**{variant: history for variant, (_, history) in trained.items()}),
+        loss_curves(**histories),
         gate_heatmap(**gates),
     )
-    assert len(figures[1].axes) == len(trained) - 1  # one panel per non-reference variant
-    assert len(figures[2].axes[0].lines) == 5  # one training curve per variant and seed
-    assert len([axis for axis in figures[3].axes if axis.images]) == 2  # the gated variants
+    # metric_bars: one panel per metric, a bar per method at its mean
+    panels = [axis for axis in figures[0].axes if axis.axison]
+    assert len(panels) == len(REGISTRY)
+    for axis, metric in zip(panels, REGISTRY, strict=True):
+        table = comparison[comparison["metric"] == metric]
+        assert list(table["method"]) == methods
+        assert axis.get_title().startswith(f"{metric} ")
+        (bars,) = [item for item in axis.containers if isinstance(item, BarContainer)]
+        heights = [patch.get_height() for patch in bars]
+        np.testing.assert_allclose(heights, table["mean"].to_numpy())
+
+    # reference_scatter: one panel per non-reference variant, its W1 against the reference's
+    def w1(name: str) -> pd.Series:
+        table = metrics[name]
+        rows = table[(table["level"] == "condition") & (table["metric"] == "w1")]
+        return rows.groupby(["cell_line", "perturbation"])["value"].mean()
+
+    others = [name for name in trained if name != REPORTING.reference_variant]
+    assert len(figures[1].axes) == len(others)
+    for axis, name in zip(figures[1].axes, others, strict=True):
+        ours, theirs = w1(name), w1(REPORTING.reference_variant)
+        np.testing.assert_allclose(
+            axis.collections[0].get_offsets(), np.column_stack([theirs, ours.loc[theirs.index]])
+        )
+        better = int((ours.loc[theirs.index] < theirs).sum())
+        assert axis.get_title() == f"{name} lower in {better}/{len(theirs)}"
+    # loss_curves: a training and a validation curve per variant and seed, with its energies
+    train_axis, val_axis = figures[2].axes
+    curves = [
+        (name, seed) for name, history in histories.items() for seed in sorted(set(history["seed"]))
+    ]
+    assert len(curves) == sum(len(record["state_dicts"]) for record, _ in trained.values())
+    assert [line.get_label() for line in train_axis.lines] == [
+        f"{name} (seed {seed})" for name, seed in curves
+    ]
+    for train_line, line, (name, seed) in zip(
+        train_axis.lines, val_axis.lines, curves, strict=True
+    ):
+        history = histories[name]
+        train = history[(history["seed"] == seed) & (history["split"] == "train")]
+        np.testing.assert_allclose(train_line.get_xdata(), train["step"])
+        val = history[(history["seed"] == seed) & (history["split"] == "val")]
+        np.testing.assert_allclose(line.get_xdata(), val["step"])
+        np.testing.assert_allclose(line.get_ydata(), val["energy"])
+    # gate_heatmap: per gated variant, the first seed's gates of the first conditions
+    gated = [name for name, table in gates.items() if not table.empty]
+    assert gated == ["ptrag", "response_rag"]
+    images = [axis.images[0] for axis in figures[3].axes if axis.images]
+    assert len(images) == len(gated)
+    for image, name in zip(images, gated, strict=True):
+        table = gates[name][gates[name]["seed"] == gates[name]["seed"].min()]
+        conditions = table[["cell_line", "perturbation"]].drop_duplicates()
+        conditions = conditions.head(HEATMAP_CONDITIONS)
+        expected = table.merge(conditions).pivot_table(
+            index=["cell_line", "perturbation"], columns="slot", values="gate"
+        )
+        assert len(expected) == min(
+            HEATMAP_CONDITIONS, len(table[["cell_line", "perturbation"]].drop_duplicates())
+        )
+        np.testing.assert_allclose(image.get_array(), expected.to_numpy())
     for index, figure in enumerate(figures):
         figure.savefig(tmp_path / f"{index}.png")
         assert (tmp_path / f"{index}.png").stat().st_size > 5_000

@@ -153,17 +153,74 @@ def test_diagnostics_module_precision(setup) -> None:
     embeddings.loc[names[:30]] += 3.0 * np.eye(16, dtype=np.float32)[0]
     embeddings.loc[names[30:]] += 3.0 * np.eye(16, dtype=np.float32)[1]
     embeddings.attrs["embeddings_fingerprint"] = fingerprint_frame(embeddings)
+    k = 5
     index = build_retrieval_index(embeddings, split)
-    candidates = find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=5))
-    modules = pd.DataFrame({"symbol": names, "module": [0] * 30 + [1] * 30})
+    candidates = find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=k))
+    module_of = dict(zip(names, [0] * 30 + [1] * 30, strict=True))
+    modules = pd.DataFrame({"symbol": names, "module": list(module_of.values())})
     report, figure = retrieval_diagnostics(candidates, embeddings, index, modules)
     precision = report["module_precision"]
+    # Each number against a computation from its definition.
+    same = candidates["candidate"].map(module_of) == candidates["perturbation"].map(module_of)
+    assert precision["precision"] == pytest.approx(same.mean())
+    train = set(index.names)  # G000-G049: module 0 holds 30 of them, module 1 holds 20
+    per_module = pd.Series([module_of[name] for name in train]).value_counts()
+    random = [
+        (per_module[module_of[query]] - (query in train)) / (len(train) - (query in train))
+        for query in names
+    ]
+    assert precision["random_expectation"] == pytest.approx(np.mean(random))
+    assert precision["n_queries"] == len(names)
     assert precision["precision"] > 0.9 > precision["random_expectation"] > 0.3
-    assert precision["best_possible"] == 1.0
+    assert precision["best_possible"] == 1.0  # every module has more than k train members
+    vectors = l2_normalise(embeddings.loc[index.names].to_numpy())
+    pairs = (vectors @ vectors.T)[np.triu_indices(len(index.names), k=1)]
+    assert report["train_pair_similarity"]["mean"] == pytest.approx(pairs.mean(), rel=1e-5)
+    assert report["train_pair_similarity"]["q50"] == pytest.approx(np.median(pairs), rel=1e-5)
+    assert report["candidate_similarity"]["mean"] == pytest.approx(
+        candidates["similarity"].mean(), rel=1e-5
+    )
     assert report["candidate_similarity"]["mean"] > report["train_pair_similarity"]["mean"]
-    assert figure.axes
-    report, _ = retrieval_diagnostics(candidates, embeddings, index, None)
+    assert (report["k"], report["n_queries"], report["n_train"]) == (k, len(names), len(train))
+
+    # The figure: both similarity histograms, then the three precision bars of the report.
+    similarity, bars = figure.axes
+    assert (similarity.get_title(), similarity.get_xlabel(), similarity.get_ylabel()) == (
+        "Embedding similarity",
+        "cosine similarity",
+        "density",
+    )
+    assert [text.get_text() for text in similarity.get_legend().get_texts()] == [
+        "all train pairs",
+        f"top-{k} candidates",
+    ]
+    edges = np.linspace(min(pairs.min(), candidates["similarity"].min()), 1.0, 50)
+    for container, values in zip(
+        similarity.containers, (pairs, candidates["similarity"]), strict=True
+    ):
+        expected, _ = np.histogram(values, bins=edges, density=True)
+        np.testing.assert_allclose([patch.get_height() for patch in container], expected)
+        np.testing.assert_allclose([patch.get_x() for patch in container], edges[:-1])
+    (bar_container,) = bars.containers
+    np.testing.assert_allclose(
+        [patch.get_height() for patch in bar_container],
+        [precision["precision"], precision["random_expectation"], precision["best_possible"]],
+    )
+    assert [text.get_text() for text in bars.get_xticklabels()] == [
+        "retrieved",
+        "random",
+        "best possible",
+    ]
+    assert bars.get_title() == f"Module precision (n={len(names)})"
+    assert bars.get_ylim() == (0, 1)
+
+    # Without a module table (a real screen): no precision, and the panel says why.
+    report, figure = retrieval_diagnostics(candidates, embeddings, index, None)
     assert report["module_precision"] is None
+    similarity, bars = figure.axes
+    assert len(similarity.containers) == 2
+    assert not bars.axison and not bars.containers
+    assert [text.get_text() for text in bars.texts] == ["no ground-truth modules\n(real screen)"]
 
 
 def test_perturbation_responses_are_train_group_means(prepared_inputs) -> None:

@@ -28,8 +28,18 @@ def test_train_model_record_history_and_plot(prepared_inputs, tmp_path: Path, va
     assert list(history.loc[history["split"] == "val", "step"]) == [2, 4]
     gated = retrieval in ("ptrag", "response")
     assert history["kept_fraction"].notna().any() == gated
-    assert figure.axes[0].get_title() == f"Loss ({retrieval})"
-    assert len(figure.axes[0].lines) == 2  # train and val energy of the one seed
+    # the plot: the train and val energy of the one seed, as in the history
+    (axis,) = figure.axes
+    assert axis.get_title() == f"Loss ({retrieval})"
+    assert [line.get_label() for line in axis.lines] == [
+        "train energy (seed 0)",
+        "val energy (seed 0)",
+    ]
+    for line, split in zip(axis.lines, ("train", "val"), strict=True):
+        rows = history[history["split"] == split]
+        np.testing.assert_allclose(line.get_xdata(), rows["step"])
+        np.testing.assert_allclose(line.get_ydata(), rows["energy"])
+    assert history["energy"].notna().all() and (history["energy"] != 0).any()
     # The record saves and loads with weights_only=True and rebuilds the same module.
     dataset = TorchModelDataset(filepath=str(tmp_path / "model.pt"))
     dataset.save(record)
@@ -132,6 +142,24 @@ def test_variants_share_one_pipeline_and_differ_by_parameters() -> None:
             f"{name}.checkpoints",
         ]
         assert node.outputs == [f"{name}.model", f"{name}_loss_history", f"{name}.loss_plot"]
+
+
+def test_candidates_k_auto_takes_every_listed_candidate(prepared_inputs, tmp_path: Path) -> None:
+    """`auto` resolves to the candidates table's depth; an explicit k above it names both
+    parameters before any training."""
+    listed = int(prepared_inputs["retrieval_candidates"]["rank"].max()) + 1
+    auto = VariantParameters(model={"retrieval": "ptrag"}, candidates_k="auto")
+    assert auto.resolved_candidates_k(listed) == listed
+    assert VariantParameters(model={"retrieval": "none"}).resolved_candidates_k(listed) == 0
+    too_many = VariantParameters(model={"retrieval": "vanilla"}, candidates_k=listed + 1)
+    with pytest.raises(ParameterError, match=r"candidates_k = 6, .* retrieval_index\.k"):
+        too_many.resolved_candidates_k(listed)
+    with pytest.raises(ParameterError, match="candidates_k >= 1 or auto"):
+        VariantParameters(model={"retrieval": "ptrag"}, candidates_k="all")
+    record, _, _ = train_tiny(
+        prepared_inputs, tmp_path, {**TINY_VARIANTS["ptrag"], "candidates_k": "auto"}
+    )
+    assert record["sentences"]["candidates_k"] == listed == 5
 
 
 def test_variant_parameters_name_what_is_wrong() -> None:

@@ -25,11 +25,14 @@ logger = logging.getLogger(__name__)
 RECORD_FORMAT = 2
 
 
-def sentence_spec(training: TrainingParameters, variant: VariantParameters) -> SentenceSpec:
-    """What the variant reads per sentence."""
+def sentence_spec(
+    training: TrainingParameters, variant: VariantParameters, candidates: pd.DataFrame
+) -> SentenceSpec:
+    """What the variant reads per sentence (``candidates_k: auto`` resolved on ``candidates``)."""
+    listed = int(candidates["rank"].max()) + 1 if len(candidates) else 0
     return SentenceSpec(
         cell_set_size=training.cell_set_size,
-        candidates_k=variant.candidates_k if variant.retrieval in ("vanilla", "ptrag") else 0,
+        candidates_k=variant.resolved_candidates_k(listed),
         response_neighbours=variant.response_neighbours if variant.retrieval == "response" else 0,
         same_batch_controls=training.same_batch_controls,
     )
@@ -100,7 +103,7 @@ def train_model(
         embedding_dim=perturbation_embeddings.shape[1],
         n_batches=screen.obs[BATCH].nunique() if training.batch_embedding else 0,
     )
-    spec = sentence_spec(training, variant)
+    spec = sentence_spec(training, variant, retrieval_candidates)
     inputs = (
         screen,
         split_manifest,
