@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test lint test-fast viz notebook benchmark clean
+.PHONY: install install-dev run test lint test-fast viz notebook peer benchmark clean
 
 install: $(VENV)/.installed          ## what the pipelines need, nothing more
 install-dev: $(VENV)/.installed-dev  ## + the extras: test, text (GenePT summaries), eval, notebook
@@ -36,6 +36,15 @@ lint: install-dev       ## ruff: lint rules and formatting (pyproject.toml [tool
 test-fast: install-dev  ## skip the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
+# arc-state (benchmarks/training_step.py's peer) in its own environment: it needs omegaconf<2.4
+# (hydra-core) where Kedro's pin is 2.4.0, so everything else stays at constraints.txt's pins.
+peer: .venv-peer/.installed
+.venv-peer/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv .venv-peer
+	grep -v '^omegaconf==' constraints.txt > .venv-peer/constraints.txt
+	.venv-peer/bin/python -m pip install --quiet -c .venv-peer/constraints.txt -e ".[peer]"
+	touch $@
+
 viz: install
 	$(BIN)/kedro viz run
 
@@ -46,4 +55,4 @@ benchmark: install      ## ingestion memory/time on a simulated 1M-cell screen (
 	$(BIN)/python benchmarks/ingestion_memory.py --cells 1000000 --genes 2000
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-peer

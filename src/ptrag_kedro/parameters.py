@@ -48,6 +48,8 @@ class TrainingParameters:
     devices: int | str = "auto"
     strategy: str = "auto"
     bf16: bool = False
+    #: torch.compile the model's forward (GPU runs; the first steps pay the compilation)
+    compile: bool = False
     progress_bar: bool = True
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ptrag_kedro.models import _constants as keys
+from ptrag_kedro.models.backbone import FeedForwardKind, NormKind, SetTransformer
 from ptrag_kedro.models.energy import energy_distance
 
 RetrievalKind = Literal["none", "vanilla", "ptrag", "response"]
@@ -54,6 +55,16 @@ class ModelConfig:
     hidden_dim: int = 128
     n_layers: int = 2
     n_heads: int = 4
+    #: the transformer (see ``backbone.py``): per-head width (0: hidden_dim / n_heads, so the
+    #: attention width is hidden), feed-forward kind and width (0: 4 x hidden), norm, whether
+    #: its linear maps have biases, and a norm after the last layer. The defaults are torch's
+    #: nn.TransformerEncoderLayer; conf/paper sets the paper's Llama form.
+    head_dim: int = 0
+    feed_forward: FeedForwardKind = "relu"
+    intermediate_dim: int = 0
+    norm: NormKind = "layernorm"
+    transformer_bias: bool = True
+    final_norm: bool = False
     mlp_layers: int = 2
     dropout: float = 0.0
     retrieval: RetrievalKind = "none"
@@ -85,9 +96,14 @@ class ModelConfig:
         _check_choice("gate_projection", self.gate_projection, GateProjection)
         _check_choice("gate_logit_norm", self.gate_logit_norm, GateLogitNorm)
         _check_choice("response_gate", self.response_gate, ResponseGate)
-        if self.hidden_dim % self.n_heads:
+        _check_choice("feed_forward", self.feed_forward, FeedForwardKind)
+        _check_choice("norm", self.norm, NormKind)
+        if self.head_dim < 0 or self.intermediate_dim < 0:
+            raise ValueError("model.head_dim and model.intermediate_dim must be >= 0 (0: derived)")
+        if not self.head_dim and self.hidden_dim % self.n_heads:
             raise ValueError(
-                f"model.hidden_dim {self.hidden_dim} is not divisible by n_heads {self.n_heads}"
+                f"model.hidden_dim {self.hidden_dim} is not divisible by n_heads {self.n_heads} "
+                "(or set model.head_dim)"
             )
         if not 0.0 <= self.response_dropout < 1.0:
             raise ValueError("model.response_dropout must be in [0, 1)")
@@ -98,6 +114,21 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def transformer(self) -> SetTransformer:
+        """The set-to-set transformer these settings describe."""
+        return SetTransformer(
+            self.hidden_dim,
+            self.n_layers,
+            self.n_heads,
+            head_dim=self.head_dim or self.hidden_dim // self.n_heads,
+            intermediate=self.intermediate_dim or 4 * self.hidden_dim,
+            feed_forward=self.feed_forward,
+            norm=self.norm,
+            bias=self.transformer_bias,
+            final_norm=self.final_norm,
+            dropout=self.dropout,
+        )
 
 
 @dataclass
@@ -443,15 +474,7 @@ class PerturbationModel(nn.Module):
         )
         self.batch_embedding = nn.Embedding(config.n_batches, hidden) if config.n_batches else None
         self.retrieval = RETRIEVAL_BLOCKS[config.retrieval](config)
-        layer = nn.TransformerEncoderLayer(
-            hidden,
-            config.n_heads,
-            dim_feedforward=4 * hidden,
-            dropout=config.dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.transformer = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.transformer = config.transformer()
         self.decoder = mlp(hidden, hidden, config.n_genes, config.mlp_layers, config.dropout)
 
     def forward(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,7 @@ def test_variant_parameters_name_what_is_wrong() -> None:
 
 _KILLED_RUN = """
 import os, signal, sys
+import contextlib
 from pathlib import Path
 from ptrag_kedro.datasets import AnnDataDataset, JSONDataset, ParquetDataset
 from ptrag_kedro.models import training
@@ -252,3 +254,45 @@ def test_a_killed_run_resumes_exactly(prepared_inputs, tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(resumed_history, straight_history, rtol=1e-6, atol=1e-7)
     for name, tensor in straight["state_dicts"]["0"].items():
         torch.testing.assert_close(resumed["state_dicts"]["0"][name], tensor, rtol=1e-6, atol=1e-7)
+
+
+def test_denormals_are_flushed_only_while_training() -> None:
+    from ptrag_kedro.models.training import denormals_flushed
+
+    tiny = torch.tensor([1e-39])  # below float32's smallest normal, 1.18e-38
+    with denormals_flushed():
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() == pytest.approx(1e-39, rel=1e-3)
+
+
+def test_flushing_denormals_changes_no_trained_weight(
+    prepared_inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The speed-up against the direct computation: PT-RAG trained with denormals flushed (the
+    node) equals PT-RAG trained with them kept, to float32 rounding."""
+    from ptrag_kedro.models import training
+
+    flushed, _, _ = train_tiny(prepared_inputs, tmp_path / "flushed", "ptrag", max_steps=6)
+    monkeypatch.setattr(training, "denormals_flushed", contextlib.nullcontext)
+    kept, _, _ = train_tiny(prepared_inputs, tmp_path / "kept", "ptrag", max_steps=6)
+    for name, tensor in kept["state_dicts"]["0"].items():
+        torch.testing.assert_close(flushed["state_dicts"]["0"][name], tensor, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_training_computes_what_eager_training_does(
+    prepared_inputs, tmp_path: Path
+) -> None:
+    """`training.compile` (for GPUs) changes how the forward runs, not what it computes: the
+    first step's loss (same initial weights, same batch) agrees to float rounding, and the
+    record's parameter names are the eager model's. Later steps are not compared: Adam turns
+    rounding-level gradient differences into lr-sized updates."""
+    eager, eager_history, _ = train_tiny(prepared_inputs, tmp_path / "eager", "state", max_steps=2)
+    compiled, compiled_history, _ = train_tiny(
+        prepared_inputs, tmp_path / "compiled", "state", max_steps=2, compile=True
+    )
+    assert list(compiled["state_dicts"]["0"]) == list(eager["state_dicts"]["0"])
+    first = compiled_history["split"].eq("train").idxmax()
+    assert compiled_history.loc[first, "loss"] == pytest.approx(
+        eager_history.loc[first, "loss"], rel=1e-5
+    )

@@ -22,7 +22,7 @@ from ptrag_kedro.schema import BATCH, TRAIN, VAL
 logger = logging.getLogger(__name__)
 
 #: Version of the model record; a record of another version is refused at prediction.
-RECORD_FORMAT = 2
+RECORD_FORMAT = 3  # 3: the transformer is backbone.SetTransformer (its own parameter names)
 
 
 def sentence_spec(
