@@ -283,20 +283,21 @@ class PTRAGRetrieval(nn.Module):
         return cells @ w_cell.T, query @ w_query.T, candidates @ w_candidate.T
 
     def _logits(
-        self,
-        cells: torch.Tensor,
-        query: torch.Tensor,
-        candidates: torch.Tensor,
-        mean: torch.Tensor,
-        std: torch.Tensor,
+        self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor, std: torch.Tensor
     ) -> torch.Tensor:
         """The scorer's (skip, keep) logits of every pair, before scaling: [B, S, K, 2]."""
-        # score_in(LayerNorm(v)) = W diag(gamma) (v - mean) / std + (W beta + b)
+        # score_in(LayerNorm(v)) = W diag(gamma) (v - mean) / std + (W beta + b). The pair's mean
+        # is a sum of per-part sums over 3H, so "- mean x W diag(gamma) 1" folds into the three
+        # per-part maps: the [B, S, K, H1] tensor is built by one broadcast sum and one addcmul.
         weight = self.score_in.weight * self.norm.weight  # [H1, 3H]
+        row_sums = weight.sum(1) / weight.shape[1]  # [H1]
         by_cell, by_query, by_candidate = self._split_map(weight, cells, query, candidates)
-        parts = by_cell[:, :, None, :] + by_query[:, None, None, :] + by_candidate[:, None, :, :]
+        by_cell = by_cell - cells.sum(-1, keepdim=True) * row_sums
+        by_query = by_query - query.sum(-1, keepdim=True) * row_sums
+        by_candidate = by_candidate - candidates.sum(-1, keepdim=True) * row_sums
+        centred = by_cell[:, :, None, :] + (by_query[:, None, :] + by_candidate)[:, None, :, :]
         offset = self.score_in.weight @ self.norm.bias + self.score_in.bias  # [H1]
-        first = (parts - mean[..., None] * weight.sum(1)) / std[..., None] + offset  # [B,S,K,H1]
+        first = torch.addcmul(offset, centred, std.reciprocal()[..., None])  # [B, S, K, H1]
         return self.score_out(first)
 
     def _scale(self, logits: torch.Tensor) -> torch.Tensor:
@@ -359,7 +360,7 @@ class PTRAGRetrieval(nn.Module):
     ) -> RetrievalOutput:
         candidates = encode(batch[keys.CANDIDATES])  # [B, K, H], the query's encoder
         mean, std = self._statistics(cells, query, candidates)
-        logits = self._scale(self._logits(cells, query, candidates, mean, std))
+        logits = self._scale(self._logits(cells, query, candidates, std))
         gates = self._gates(logits[..., 1] - logits[..., 0], generator)  # [B, S, K]
         retrieved = self._kept_sum(gates, cells, query, candidates, mean, std)
         if self.config.retrieval_form == "residual":
