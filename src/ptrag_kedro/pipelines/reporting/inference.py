@@ -22,11 +22,7 @@ import torch
 from ptrag_kedro.models import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceGroup, SentenceSampler, SentenceSpec
 from ptrag_kedro.parameters import ReportingParameters
-from ptrag_kedro.pipelines.training.nodes import (
-    check_sentence_inputs,
-    load_model_config,
-    make_samplers,
-)
+from ptrag_kedro.pipelines.training.nodes import checked_samplers, load_model_config
 from ptrag_kedro.provenance import StaleArtefactError
 from ptrag_kedro.schema import CELL_LINE, CONTROL_CELL, GATE_COLUMNS, PERTURBATION, TEST
 
@@ -157,15 +153,17 @@ def predict_test_cells(
     spec = dataclasses.replace(
         SentenceSpec(**model["sentences"]), same_batch_controls=reporting.same_batch_controls
     )
-    inputs = (
+    provenance, samplers = checked_samplers(
+        (TEST,),
+        spec,
         screen,
         split_manifest,
         perturbation_embeddings,
         retrieval_candidates,
         perturbation_responses,
     )
-    _check_model(model, screen, check_sentence_inputs(spec, *inputs))
-    sampler = make_samplers((TEST,), spec, *inputs)[TEST]
+    _check_model(model, screen, provenance)
+    sampler = samplers[TEST]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     blocks, obs_rows, gate_rows = [], [], []
     for seed, state_dict in model["state_dicts"].items():

@@ -38,22 +38,26 @@ def sentence_spec(
     )
 
 
-def check_sentence_inputs(
+def checked_samplers(
+    splits: tuple[str, ...],
     spec: SentenceSpec,
     screen: ad.AnnData,
     split_manifest: dict[str, Any],
     embeddings: pd.DataFrame,
     candidates: pd.DataFrame,
     responses: pd.DataFrame,
-) -> dict[str, str]:
-    """Refuse stale inputs (candidates and responses only when the sentences read them)."""
-    return check_inputs(
+) -> tuple[dict[str, str], dict[str, SentenceSampler]]:
+    """Refuse stale inputs (candidates and responses only when the sentences read them), then
+    one sentence sampler per split; returns the inputs' provenance and the samplers."""
+    provenance = check_inputs(
         screen,
         split_manifest,
         embeddings,
         candidates if spec.candidates_k or spec.response_neighbours else None,
         responses if spec.response_neighbours else None,
     )
+    inputs = (screen, split_manifest, embeddings, candidates, responses)
+    return provenance, make_samplers(splits, spec, *inputs)
 
 
 def make_samplers(
@@ -104,15 +108,15 @@ def train_model(
         n_batches=screen.obs[BATCH].nunique() if training.batch_embedding else 0,
     )
     spec = sentence_spec(training, variant, retrieval_candidates)
-    inputs = (
+    provenance, samplers = checked_samplers(
+        (TRAIN, VAL),
+        spec,
         screen,
         split_manifest,
         perturbation_embeddings,
         retrieval_candidates,
         perturbation_responses,
     )
-    provenance = check_sentence_inputs(spec, *inputs)
-    samplers = make_samplers((TRAIN, VAL), spec, *inputs)
     logger.info(
         "Training %s: %d train and %d val (line, perturbation) groups, %d genes",
         config.retrieval,
