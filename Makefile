@@ -51,7 +51,7 @@ viz: install
 notebook: install-dev   ## JupyterLab with `catalog`, `session` and `pipelines` loaded
 	$(BIN)/kedro jupyter lab
 
-benchmark: install      ## ingestion memory/time on a simulated 1M-cell screen (minutes, ~15 GB)
+benchmark: install      ## ingestion memory/time on a simulated 1M-cell screen (minutes, ~2 GB)
 	$(BIN)/python benchmarks/ingestion_memory.py --cells 1000000 --genes 2000
 
 clean:

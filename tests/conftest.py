@@ -73,13 +73,14 @@ def ingestion_params(_ingestion_params: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(_ingestion_params)
 
 
-def ingest(
+def ingest_staged(
     raw: ad.AnnData,
     params: dict[str, Any],
     split_lists: dict[str, Any] | None = None,
     source: str = "tiny_screen.h5ad",
-) -> tuple[ad.AnnData, dict[str, Any]]:
-    """The ingestion nodes in pipeline order, with the parameters Kedro would instantiate."""
+) -> tuple[Any, dict[str, Any]]:
+    """The ingestion nodes in pipeline order, with the parameters Kedro would instantiate: the
+    screen (a ``StagedScreen``) as the catalog's ``screen`` dataset receives it."""
     from ptrag_kedro.parameters import FeatureParameters, ObsColumns, SplitParameters
     from ptrag_kedro.pipelines.ingestion.nodes import (
         filter_cells,
@@ -95,6 +96,17 @@ def ingest(
         filter_cells(standardised, features), SplitParameters(**params["split"]), split_lists
     )
     return record_fingerprint(select_features(split, features), manifest)
+
+
+def ingest(
+    raw: ad.AnnData,
+    params: dict[str, Any],
+    split_lists: dict[str, Any] | None = None,
+    source: str = "tiny_screen.h5ad",
+) -> tuple[ad.AnnData, dict[str, Any]]:
+    """:func:`ingest_staged`, the screen in memory."""
+    screen, manifest = ingest_staged(raw, params, split_lists, source)
+    return screen.to_anndata(), manifest
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+import torch
+
 from ptrag_kedro.models.module import ModelConfig
 
 
@@ -27,9 +29,18 @@ def _require(condition: bool, message: str) -> None:
         raise ParameterError(message)
 
 
+#: Strategies that train on several processes under torchrun (auto is DDP there).
+DISTRIBUTED_STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+
+
 @dataclass(frozen=True)
 class TrainingParameters:
-    """``training``: shared by every variant."""
+    """``training``: shared by every variant.
+
+    More than one process in all (``devices`` > 1 per node or ``num_nodes`` > 1) trains with DDP,
+    launched by torchrun from the training node (``ptrag_kedro.models.distributed``);
+    ``batch_size`` is then per process, and the global batch ``batch_size x processes``.
+    """
 
     seeds: tuple[int, ...] = (0,)
     max_steps: int = 2000
@@ -45,11 +56,20 @@ class TrainingParameters:
     resume: bool = False
     keep_all_checkpoints: bool = False
     accelerator: str = "auto"
+    #: processes per node: an integer, or auto (every CUDA GPU when the accelerator may be
+    #: CUDA, else 1)
     devices: int | str = "auto"
+    num_nodes: int = 1
+    #: host:port where node rank 0 holds torchrun's rendezvous when num_nodes > 1 (empty: this
+    #: host's name, port 29400)
+    rendezvous_endpoint: str = ""
     strategy: str = "auto"
     bf16: bool = False
     #: torch.compile the model's forward (GPU runs; the first steps pay the compilation)
     compile: bool = False
+    #: data-loader processes that draw the next batches while the model trains (0: drawn in
+    #: the training process); worth 2-4 on a GPU when the screen is read from disk
+    loader_workers: int = 0
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -62,6 +82,49 @@ class TrainingParameters:
         for name in ("max_steps", "batch_size", "cell_set_size", "val_every_n_steps"):
             _require(int(getattr(self, name)) >= 1, f"training.{name} must be >= 1")
         _require(self.learning_rate > 0, "training.learning_rate must be > 0")
+        _require(self.loader_workers >= 0, "training.loader_workers must be >= 0")
+        self._check_processes()
+
+    def _check_processes(self) -> None:
+        for name in ("devices", "num_nodes"):  # "2" from a command line is 2
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().isdigit():
+                _set(self, name, int(value))
+        counted = isinstance(self.devices, int) and not isinstance(self.devices, bool)
+        _require(
+            self.devices == "auto" or counted and self.devices >= 1,
+            f"training.devices must be a positive integer or auto, not {self.devices!r}",
+        )
+        _require(
+            isinstance(self.num_nodes, int) and self.num_nodes >= 1,
+            f"training.num_nodes must be a positive integer, not {self.num_nodes!r}",
+        )
+        if self.num_nodes > 1 or self.devices != "auto" and self.devices > 1:
+            self._check_distributed_strategy(self.devices)
+
+    def _check_distributed_strategy(self, devices: int | str) -> None:
+        _require(
+            self.strategy in DISTRIBUTED_STRATEGIES,
+            f"training.strategy '{self.strategy}' cannot train on {devices} device(s) x "
+            f"{self.num_nodes} node(s), whose processes torchrun starts: use ddp or auto",
+        )
+
+    def processes_per_node(self) -> int:
+        """``devices`` with auto resolved: every CUDA GPU when the accelerator may be CUDA,
+        else 1 (never Lightning's own auto, which would re-launch ``kedro run`` per GPU)."""
+        if self.devices != "auto":
+            return int(self.devices)
+        if self.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
+            return max(1, torch.cuda.device_count())
+        return 1
+
+    def launches_processes(self) -> bool:
+        """Whether training runs on several processes (torchrun), not in the node's process."""
+        processes = self.processes_per_node()
+        several = processes > 1 or self.num_nodes > 1
+        if several:
+            self._check_distributed_strategy(processes)
+        return several
 
 
 @dataclass(frozen=True)
@@ -186,8 +249,10 @@ class FeatureParameters:
     min_genes_per_cell: int = 50
     normalize_target_sum: float = 10_000.0
     n_top_genes: int = 2000
-    #: scanpy's flavours for log-normalised data
+    #: scanpy's flavours for log-normalised data (both computed from streamed per-line sums)
     hvg_flavor: HvgFlavor = "seurat"
+    #: counts path: raw rows read at once; peak memory grows with it (not with the screen)
+    block_rows: int = 50_000
 
     def __post_init__(self) -> None:
         _require(
@@ -197,6 +262,10 @@ class FeatureParameters:
         for name in ("min_cells_per_perturbation", "min_genes_per_cell"):
             _require(int(getattr(self, name)) >= 0, f"ingestion.features.{name} must be >= 0")
         _require(self.n_top_genes >= 1, "ingestion.features.n_top_genes must be >= 1")
+        _require(
+            isinstance(self.block_rows, int) and self.block_rows >= 1,
+            f"ingestion.features.block_rows must be an integer >= 1, not {self.block_rows!r}",
+        )
         _require(self.normalize_target_sum > 0, "ingestion.features.normalize_target_sum > 0")
 
 

@@ -1,8 +1,8 @@
 """Observed responses: mean shifts of (cell line, perturbation) groups from the line's controls.
 
 Used by the response database (``perturbation_responses``, train groups only) and by the
-baselines. Group sums go through a sparse indicator matrix, so a large screen is never made
-dense.
+baselines. Group sums go through a sparse indicator matrix, one block of rows at a time, so a
+large screen is never made dense nor loaded whole.
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ptrag_kedro.expression import ExpressionRows
 from ptrag_kedro.schema import CELL_LINE, CONTROL, PERTURBATION, RESPONSE_COLUMNS, SPLIT, TRAIN
-
-
-def dense(matrix: object) -> np.ndarray:
-    """A dense float array of a (possibly sparse) matrix."""
-    return matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
 
 
 def group_means(screen: ad.AnnData, splits: Iterable[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -46,7 +42,7 @@ def group_means(screen: ad.AnnData, splits: Iterable[str]) -> tuple[pd.DataFrame
         (np.ones(len(rows)), (codes, rows)), shape=(len(groups), screen.n_obs)
     )
     counts = np.bincount(codes, minlength=len(groups))
-    means = dense(indicator @ screen.X) / counts[:, None]
+    means = ExpressionRows.of(screen).row_sums(indicator) / counts[:, None]
     return groups.assign(n_cells=counts), means
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from os import PathLike
+from typing import Any, Protocol
 
 import anndata as ad
 import h5py
@@ -18,7 +19,20 @@ logger = logging.getLogger(__name__)
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError)
 
 
-class AnnDataDataset(LocalTableDataset[ad.AnnData | RemoteFile, ad.AnnData]):
+class H5adWriter(Protocol):
+    """What ``save`` writes besides an ``AnnData``: anything that writes itself as an h5ad file.
+
+    Ingestion's ``StagedScreen`` is one: it appends X block by block, so a screen larger than
+    memory is saved without ever being whole.
+    """
+
+    n_obs: int
+    n_vars: int
+
+    def write_h5ad(self, path: str | PathLike, **kwargs: Any) -> None: ...
+
+
+class AnnDataDataset(LocalTableDataset[ad.AnnData | H5adWriter | RemoteFile, ad.AnnData]):
     """Load and save an ``AnnData`` as h5ad; kedro-viz previews the first cells' ``obs``.
 
     Example catalog entry::
@@ -30,7 +44,7 @@ class AnnDataDataset(LocalTableDataset[ad.AnnData | RemoteFile, ad.AnnData]):
     Args:
         filepath: path of the h5ad file.
         load_args: passed to ``anndata.read_h5ad`` (e.g. ``backed: r``).
-        save_args: passed to ``AnnData.write_h5ad`` (e.g. ``compression: gzip``).
+        save_args: passed to ``write_h5ad`` of what is saved (e.g. ``compression: gzip``).
         write_only_under: if set, saving anywhere outside this folder is refused. Raw inputs
             use it so the demo simulator can never overwrite a user's screen.
         produced_by: the command that creates the file, named when it is missing.
@@ -65,10 +79,12 @@ class AnnDataDataset(LocalTableDataset[ad.AnnData | RemoteFile, ad.AnnData]):
         except _READ_ERRORS as exc:
             raise self._unreadable(exc) from exc
 
-    def save(self, data: ad.AnnData | RemoteFile) -> None:
-        """Write an ``AnnData``; or fetch a :class:`RemoteFile` to this path (the download node's
-        output): streamed to ``<file>.part``, resumed after an interruption, size-checked, then
-        renamed; a complete file already here is left alone."""
+    def save(self, data: ad.AnnData | H5adWriter | RemoteFile) -> None:
+        """Write an ``AnnData`` or an :class:`H5adWriter` (ingestion's staged screen, written
+        block by block) to a temporary file renamed into place once complete: a failure part-way
+        leaves the previous file or none. Or fetch a :class:`RemoteFile` to this path (the
+        download node's output): streamed to ``<file>.part``, resumed after an interruption,
+        size-checked, then renamed; a complete file already here is left alone."""
         if isinstance(data, RemoteFile):
             check_write_allowed(self._filepath, self._write_only_under)
             data.fetch(self._filepath)

@@ -11,7 +11,8 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from ptrag_kedro.expression import ExpressionRows
 
 
 def cell_eval_pair(
@@ -24,9 +25,8 @@ def cell_eval_pair(
     rows = (obs["cell_line"] == cell_line).to_numpy() & obs["split"].isin(
         ["test", "control"]
     ).to_numpy()
-    matrix = screen.X[rows]
     real = ad.AnnData(
-        X=matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix),
+        X=ExpressionRows.of(screen)[np.flatnonzero(rows)],
         obs=obs.loc[rows, ["perturbation"]].astype(str),
         var=pd.DataFrame(index=screen.var_names.astype(str)),
     )

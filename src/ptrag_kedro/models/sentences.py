@@ -15,12 +15,11 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
+from ptrag_kedro.expression import ExpressionRows
 from ptrag_kedro.models import _constants as keys
 from ptrag_kedro.models.responses import ResponseBank, ResponseSlots, slot_features
-from ptrag_kedro.responses import dense
 from ptrag_kedro.schema import BATCH, CELL_LINE, PERTURBATION, SPLIT
 
 
@@ -72,6 +71,8 @@ class SentenceSampler:
         oracle: a diagnostic: add one candidate that carries the group's own true mean shift
             (an embedding that encodes it, or a response slot of kind ``oracle``). Never for
             results; it measures whether a retrieval block can find an informative candidate.
+        expression: the screen's X read by rows (shared by the samplers of one screen); by
+            default ``ExpressionRows.of(screen)``: in memory when small, else read from the file.
     """
 
     def __init__(
@@ -84,18 +85,17 @@ class SentenceSampler:
         control_label: str,
         responses: pd.DataFrame | None = None,
         oracle: bool = False,
+        expression: ExpressionRows | None = None,
     ) -> None:
         self.spec = spec
         self.cell_set_size = spec.cell_set_size
-        self.expression = (
-            screen.X if sp.issparse(screen.X) else np.asarray(screen.X, dtype=np.float32)
-        )
+        self.expression = expression if expression is not None else ExpressionRows.of(screen)
         obs = screen.obs
         self.embedding_matrix = torch.as_tensor(embeddings.to_numpy(dtype=np.float32))
         embedding_row = {name: row for row, name in enumerate(embeddings.index)}
-        line = obs[CELL_LINE].astype(str).to_numpy()
-        perturbation = obs[PERTURBATION].astype(str).to_numpy()
-        self.cell_batch = obs[BATCH].astype(str).to_numpy()
+        line = _labels(obs[CELL_LINE])
+        perturbation = _labels(obs[PERTURBATION])
+        self.cell_batch = _labels(obs[BATCH])
         self.batch_codes = {value: code for code, value in enumerate(sorted(set(self.cell_batch)))}
         is_control = perturbation == control_label
         self._control_pools(line, is_control)
@@ -110,7 +110,7 @@ class SentenceSampler:
                 sorted(self.controls_by_line),
                 spec.response_neighbours,
             )
-        chosen = (obs[SPLIT].astype(str).to_numpy() == split) & ~is_control
+        chosen = (_labels(obs[SPLIT]) == split) & ~is_control
         self.groups = self._groups(
             line[chosen], perturbation[chosen], np.flatnonzero(chosen), embedding_row, candidates
         )
@@ -177,9 +177,7 @@ class SentenceSampler:
         shifts = []
         for group in self.groups:
             controls = self.controls_by_line[group.cell_line]
-            shift = dense(self.expression[group.cells]).mean(0) - dense(
-                self.expression[controls]
-            ).mean(0)
+            shift = self.expression[group.cells].mean(0) - self.expression[controls].mean(0)
             shifts.append(shift)
         return np.asarray(shifts, dtype=np.float32)
 
@@ -191,9 +189,6 @@ class SentenceSampler:
         return encoded / encoded.norm(dim=1, keepdim=True).clamp_min(1e-8) * scale
 
     # ---------------------------------------------------------------------------- batches
-
-    def _rows(self, rows: np.ndarray) -> np.ndarray:
-        return dense(self.expression[rows])
 
     def _controls_for(
         self, group: SentenceGroup, targets: np.ndarray, rng: np.random.Generator
@@ -217,10 +212,10 @@ class SentenceSampler:
         shape = (len(groups), self.cell_set_size)
         batch = {
             keys.CONTROL: torch.as_tensor(
-                self._rows(controls).reshape(*shape, -1), dtype=torch.float32
+                self.expression[controls].reshape(*shape, -1), dtype=torch.float32
             ),
             keys.TARGET: torch.as_tensor(
-                self._rows(targets).reshape(*shape, -1), dtype=torch.float32
+                self.expression[targets].reshape(*shape, -1), dtype=torch.float32
             ),
             keys.PERTURBATION: self.embedding_matrix[[group.embedding_row for group in groups]],
             keys.BATCH_INDEX: torch.as_tensor(
@@ -255,9 +250,13 @@ class SentenceSampler:
         )
 
     def sentences(
-        self, group_indices: np.ndarray, rng: np.random.Generator
+        self, group_indices: np.ndarray, rng: np.random.Generator, keep: slice = slice(None)
     ) -> dict[str, torch.Tensor]:
-        """One random sentence for each of these groups (B = len(group_indices))."""
+        """One random sentence for each of these groups; tensors of the ``keep`` ones only.
+
+        Every sentence's cells are drawn (integers only, cheap), so the draw of the kept ones
+        does not depend on ``keep``; only the kept sentences' rows are read.
+        """
         indices = [int(index) for index in group_indices]
         targets = [
             rng.choice(
@@ -271,11 +270,22 @@ class SentenceSampler:
             self._controls_for(self.groups[index], rows, rng)
             for index, rows in zip(indices, targets, strict=True)
         ]
-        return self._batch(np.concatenate(targets), np.concatenate(controls), indices)
+        return self._batch(
+            np.concatenate(targets[keep]), np.concatenate(controls[keep]), indices[keep]
+        )
 
-    def random_batch(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """B sentences of groups drawn uniformly with replacement."""
-        return self.sentences(rng.integers(0, len(self.groups), batch_size), rng)
+    def random_batch(
+        self, batch_size: int, rng: np.random.Generator, shard: tuple[int, int] = (0, 1)
+    ) -> dict[str, torch.Tensor]:
+        """B sentences of groups drawn uniformly with replacement.
+
+        With ``shard = (rank, world_size)`` the draw is of the global batch, B x world_size
+        sentences, and rank r gets sentences [r B, (r + 1) B): the ranks of a DDP run see
+        different sentences, and together exactly those of one process drawing B x world_size.
+        """
+        rank, world_size = shard
+        indices = rng.integers(0, len(self.groups), batch_size * world_size)
+        return self.sentences(indices, rng, keep=slice(rank * batch_size, (rank + 1) * batch_size))
 
     # ---------------------------------------------------------------------------- prediction
 
@@ -308,6 +318,13 @@ class SentenceSampler:
             targets, np.concatenate([controls, padding_controls]), [index] * n_sentences
         )
         return batch, controls
+
+
+def _labels(column: pd.Series) -> np.ndarray:
+    """A column's values as strings, one shared string object per distinct value: 8 bytes a
+    cell rather than a new string each (a million-cell screen's obs stays small)."""
+    values = pd.Categorical(column)
+    return np.asarray(values.categories.astype(str), dtype=object)[values.codes]
 
 
 def _candidate_rows(

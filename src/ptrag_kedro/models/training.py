@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch.utils.data import DataLoader, IterableDataset
+from lightning.pytorch.plugins.environments import TorchElasticEnvironment
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
@@ -38,8 +39,13 @@ class TrainingPlan(L.LightningModule):
     Training step ``i`` seeds torch from (seed, i) before its forward pass, so dropout and
     PT-RAG's sampled gates depend on the step alone: a resumed run draws what an uninterrupted
     one would have drawn, whatever else consumed torch's random state in between (data-loader
-    iterators, validation). Validation draws the gates from a generator seeded per validation
-    batch, so the validation energy of two checks differs only because the weights do.
+    iterators, validation). With several processes (DDP) the seed is (seed, i, rank): each rank
+    draws its own dropout masks and gates. Validation draws the gates from a generator seeded
+    per validation batch, so the validation energy of two checks differs only because the
+    weights do.
+
+    With several processes the logged metrics are the mean over the ranks (``sync_dist``), so
+    the loss history is that of the global batch; one process logs as it always has.
     """
 
     def __init__(
@@ -62,26 +68,38 @@ class TrainingPlan(L.LightningModule):
             "model_config": self.model.config.to_dict(),
         }
 
+    @property
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
-        step_seed = np.random.SeedSequence([self.seed, self.global_step]).generate_state(1)[0]
+        key = [self.seed, self.global_step]
+        if self._distributed:
+            key.append(self.global_rank)  # one process keeps the key it always had
+        step_seed = np.random.SeedSequence(key).generate_state(1)[0]
         torch.manual_seed(int(step_seed))  # all devices
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         output = self.model(batch)
         loss = self.model.loss(batch, output)
-        self.log("train_loss", loss.total, prog_bar=True)
-        self.log("train_energy", loss.energy)
+        synced = self._distributed
+        self.log("train_loss", loss.total, prog_bar=True, sync_dist=synced)
+        self.log("train_energy", loss.energy, sync_dist=synced)
         if output.kept_fraction is not None:
-            self.log("train_kept_fraction", output.kept_fraction, prog_bar=True)
+            self.log("train_kept_fraction", output.kept_fraction, prog_bar=True, sync_dist=synced)
         return loss.total
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         device = batch[next(iter(batch))].device
         generator = torch.Generator(device=device).manual_seed(self.seed * 100_003 + batch_index)
         output = self.model(batch, generator=generator)
-        self.log("val_energy", self.model.loss(batch, output).energy, prog_bar=True)
+        # Every rank evaluates the whole validation set; syncing makes the ranks agree exactly
+        # (GPU kernels may differ in the last bit), so they select the same best check.
+        synced = self._distributed
+        energy = self.model.loss(batch, output).energy
+        self.log("val_energy", energy, prog_bar=True, sync_dist=synced)
         if output.kept_fraction is not None:
-            self.log("val_kept_fraction", output.kept_fraction)
+            self.log("val_kept_fraction", output.kept_fraction, sync_dist=synced)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One fused kernel over all parameters rather than ~10 small ops per tensor: the same
@@ -112,22 +130,35 @@ class SentenceStream(IterableDataset):
     """An endless stream of random training batches (Lightning stops at ``max_steps``).
 
     Batch ``i`` is drawn from a generator seeded by (seed, i), so the stream can start at any
-    step: a resumed run sees the batches an uninterrupted run would have seen.
+    step: a resumed run sees the batches an uninterrupted run would have seen. With ``shard =
+    (rank, world_size)`` (DDP) step ``i`` draws the global batch of ``batch_size x world_size``
+    sentences and yields this rank's ``batch_size`` of them: the ranks see different sentences,
+    together those one process drawing the global batch would see.
     """
 
-    def __init__(self, sampler: SentenceSampler, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        sampler: SentenceSampler,
+        batch_size: int,
+        seed: int,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
         self.seed = seed
+        self.shard = shard
         self.start_step = 0
 
     def __iter__(self):
-        step = self.start_step
+        # With W data-loader workers, worker w draws steps start + w, start + w + W, ...; the
+        # loader takes one batch from each worker in turn, so the steps arrive in order.
+        worker = get_worker_info()
+        step = self.start_step + (worker.id if worker else 0)
+        every = worker.num_workers if worker else 1
         while True:
-            yield self.sampler.random_batch(
-                self.batch_size, np.random.default_rng([self.seed, step])
-            )
-            step += 1
+            rng = np.random.default_rng([self.seed, step])
+            yield self.sampler.random_batch(self.batch_size, rng, shard=self.shard)
+            step += every
 
 
 def validation_batches(
@@ -218,6 +249,33 @@ class BestOnValidation(Callback):
         self.best_weights = state_dict["best_weights"]
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """Lightning's checkpoint every N steps, written after the validation of the same step.
+
+    Lightning writes a step's checkpoint before that step's validation and, resumed from it,
+    skips that validation: the resumed run's loss history and best weights would miss the check
+    (with the defaults, every checkpoint step is a validation step). Deferred here to the end of
+    that validation, the checkpoint holds the check, and Lightning's restart knows validation
+    already ran. Uses ModelCheckpoint's own deferral flag (lightning is pinned; a test holds a
+    resume from such a step to an uninterrupted run).
+    """
+
+    def __init__(self, val_every_n_steps: int | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.val_every_n_steps = val_every_n_steps  # None: there is no validation to wait for
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, plan: L.LightningModule, outputs: Any, batch: Any, index: int
+    ) -> None:
+        step = trainer.global_step
+        every = self._every_n_train_steps
+        validates = self.val_every_n_steps and step % self.val_every_n_steps == 0
+        if every >= 1 and step % every == 0 and validates:
+            self._defer_save_until_validation = True
+            return
+        super().on_train_batch_end(trainer, plan, outputs, batch, index)
+
+
 @dataclass
 class FitResult:
     """A trained module (the selected weights), its loss history and how it was selected."""
@@ -230,9 +288,20 @@ class FitResult:
 
 
 def _trainer(
-    training: TrainingParameters, checkpoint_dir: Path, callbacks: list[Callback]
+    training: TrainingParameters,
+    checkpoint_dir: Path,
+    callbacks: list[Callback],
+    validates: bool = True,
 ) -> L.Trainer:
-    checkpoints = ModelCheckpoint(
+    processes = training.processes_per_node()
+    if processes * training.num_nodes > 1 and not TorchElasticEnvironment.detect():
+        # Lightning's own launcher would re-run this command line (`kedro run`) in every rank.
+        raise RuntimeError(
+            "training on several processes runs under torchrun: train through the training "
+            "node (ptrag_kedro.models.distributed.fit_on_processes), not fit() directly"
+        )
+    checkpoints = StepCheckpoint(
+        training.val_every_n_steps if validates else None,
         dirpath=checkpoint_dir,
         every_n_train_steps=training.checkpoint_every_n_steps,
         save_last=True,
@@ -241,8 +310,14 @@ def _trainer(
     return L.Trainer(
         max_steps=training.max_steps,
         accelerator=training.accelerator,  # CUDA when present
-        devices=training.devices,
-        strategy=training.strategy,  # e.g. ddp for several GPUs
+        # Resolved here, never Lightning's "auto": with several GPUs Lightning would re-run the
+        # command line (`kedro run`) in each; several processes are started by torchrun
+        # (ptrag_kedro.models.distributed), which Lightning detects and joins.
+        devices=processes,
+        num_nodes=training.num_nodes,
+        strategy=training.strategy,  # ddp under torchrun
+        # Our stream shards itself per rank and every rank validates on the whole val set.
+        use_distributed_sampler=False,
         precision="bf16-mixed" if training.bf16 else "32-true",
         val_check_interval=training.val_every_n_steps,
         check_val_every_n_epoch=None,
@@ -263,8 +338,11 @@ def fit(
     seed: int,
     checkpoint_dir: str | Path,
     provenance: dict[str, str] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train with Lightning; returns the selected weights, the loss history and the steps.
+
+    ``callbacks`` are added to the trainer's own (benchmarks time the steps with one).
 
     With ``training.select_on_val`` the returned weights are those of the validation check with
     the lowest val energy (the last step's when there was no check). With ``training.resume`` and
@@ -272,12 +350,20 @@ def fit(
     optimiser, loss history, best weights, random state and the sentence stream's position
     restored: the resumed run equals an uninterrupted one), provided the checkpoint was made
     from the same data (``provenance``) and model configuration.
+
+    Run in every process of a torchrun launch (``ptrag_kedro.models.distributed``), this is
+    DDP: ``training.batch_size`` sentences per rank, each rank its own share of the global
+    batch; the returned result is the same in every rank.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     checkpoint_dir = Path(checkpoint_dir)
     history, best = LossHistory(), BestOnValidation()
-    stream = SentenceStream(train_sampler, training.batch_size, seed)
-    trainer = _trainer(training, checkpoint_dir, [history, best])
+    val_batches = validation_batches(val_sampler, training.batch_size, seed)
+    trainer = _trainer(
+        training, checkpoint_dir, [history, best, *callbacks], validates=bool(val_batches)
+    )
+    shard = (trainer.global_rank, trainer.world_size)
+    stream = SentenceStream(train_sampler, training.batch_size, seed, shard=shard)
     last = checkpoint_dir / "last.ckpt"
     resume_from = str(last) if training.resume and last.is_file() else None
     if training.compile:
@@ -295,15 +381,25 @@ def fit(
             plan,
             # pinned host memory: asynchronous host-to-GPU copies of each batch
             train_dataloaders=DataLoader(
-                stream, batch_size=None, pin_memory=torch.cuda.is_available()
+                stream,
+                batch_size=None,
+                pin_memory=torch.cuda.is_available(),
+                num_workers=training.loader_workers,
             ),
-            val_dataloaders=DataLoader(
-                validation_batches(val_sampler, training.batch_size, seed), batch_size=None
-            ),
+            val_dataloaders=DataLoader(val_batches, batch_size=None),
             ckpt_path=resume_from,
         )
-    trained = plan.model.cpu().eval()
-    steps = int(trainer.global_step)
+    return _result(plan.model.cpu().eval(), history, best, int(trainer.global_step), training)
+
+
+def _result(
+    trained: PerturbationModel,
+    history: LossHistory,
+    best: BestOnValidation,
+    steps: int,
+    training: TrainingParameters,
+) -> FitResult:
+    """The last weights, or with ``select_on_val`` those of the best validation check."""
     if training.select_on_val and best.best_weights is not None:
         trained = copy.deepcopy(trained)
         trained.load_state_dict(best.best_weights)

@@ -20,16 +20,17 @@ from ptrag_kedro.pipelines.ingestion.nodes import (
     filter_cells,
     standardise_screen,
 )
+from ptrag_kedro.pipelines.ingestion.staged import StagedScreen
 from ptrag_kedro.provenance import screen_fingerprint
 from ptrag_kedro.schema import CONTROL, TEST, TRAIN, VAL
 from tests.conftest import ingest
 
 
-def standardise(raw: ad.AnnData, params: dict[str, Any]) -> ad.AnnData:
+def standardise(raw: ad.AnnData, params: dict[str, Any]) -> StagedScreen:
     return standardise_screen(raw, ObsColumns(**params["columns"]), "tiny_screen.h5ad")
 
 
-def quality_control(raw: ad.AnnData, params: dict[str, Any]) -> ad.AnnData:
+def quality_control(raw: ad.AnnData, params: dict[str, Any]) -> StagedScreen:
     return filter_cells(standardise(raw, params), FeatureParameters(**params["features"]))
 
 

@@ -15,6 +15,7 @@ from matplotlib.container import BarContainer
 from scipy.stats import rankdata
 from sklearn.linear_model import Ridge
 
+from ptrag_kedro.expression import dense
 from ptrag_kedro.metrics import metric_registry
 from ptrag_kedro.models import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
@@ -34,7 +35,6 @@ from ptrag_kedro.pipelines.reporting.plots import (
 from ptrag_kedro.pipelines.reporting.report import write_report
 from ptrag_kedro.pipelines.training.nodes import load_model_config
 from ptrag_kedro.provenance import StaleArtefactError
-from ptrag_kedro.responses import dense
 from tests.conftest import train_tiny
 
 REPORTING = ReportingParameters(n_pcs=10)

@@ -13,6 +13,7 @@ import torch
 
 from ptrag_kedro.datasets import TorchModelDataset
 from ptrag_kedro.models import ModelConfig, PerturbationModel
+from ptrag_kedro.models.sentences import SentenceSpec
 from ptrag_kedro.parameters import ParameterError, TrainingParameters, VariantParameters
 from ptrag_kedro.pipelines.training import create_pipeline
 from ptrag_kedro.pipelines.training.nodes import load_model_config, train_model
@@ -100,6 +101,23 @@ def test_resume_continues_the_step_count(prepared_inputs, tmp_path: Path) -> Non
     # A checkpoint of another model (or other data) is never continued.
     with pytest.raises(StaleArtefactError, match="model_config differ"):
         train_tiny(prepared_inputs, checkpoints, "vanilla_rag", max_steps=8, resume=True)
+
+
+def test_a_resume_from_a_validation_step_keeps_that_check(prepared_inputs, tmp_path: Path) -> None:
+    """A checkpoint at a step that also validates (every 2: both) is written after that check:
+    resumed from it, the history, the selected check and the weights are the uninterrupted
+    run's (Lightning would otherwise write it before the check and skip the check on resume)."""
+    checkpoints = tmp_path / "checkpoints"
+    train_tiny(prepared_inputs, checkpoints, "state", max_steps=2)
+    resumed, resumed_history, _ = train_tiny(
+        prepared_inputs, checkpoints, "state", max_steps=4, resume=True
+    )
+    straight, straight_history, _ = train_tiny(prepared_inputs, tmp_path / "straight", "state")
+    assert list(resumed_history.loc[resumed_history["split"] == "val", "step"]) == [2, 4]
+    pd.testing.assert_frame_equal(resumed_history, straight_history, rtol=1e-6, atol=1e-7)
+    assert resumed["selected_steps"] == straight["selected_steps"]
+    for name, tensor in straight["state_dicts"]["0"].items():
+        torch.testing.assert_close(resumed["state_dicts"]["0"][name], tensor, rtol=1e-6, atol=1e-7)
 
 
 def test_one_model_per_seed(prepared_inputs, tmp_path: Path) -> None:
@@ -323,3 +341,42 @@ def test_fused_adam_updates_as_the_per_tensor_loop_does() -> None:
     theirs = reference.state_dict()
     for name, mine in model.state_dict().items():
         torch.testing.assert_close(mine, theirs[name], rtol=1e-5, atol=1e-6)
+
+
+def test_loader_workers_draw_the_same_steps_in_order(prepared_inputs, tmp_path: Path) -> None:
+    """Batches drawn ahead by data-loader workers are the batches drawn in the training process,
+    in step order (from a resumed start too), and train to the same weights."""
+    from torch.utils.data import DataLoader
+
+    from ptrag_kedro.models.training import SentenceStream
+    from ptrag_kedro.pipelines.training.nodes import make_samplers
+    from ptrag_kedro.schema import TRAIN
+    from tests.conftest import tiny_training
+
+    inputs = prepared_inputs
+    sampler = make_samplers(
+        (TRAIN,),
+        SentenceSpec(cell_set_size=8),
+        inputs["screen"],
+        inputs["split_manifest"],
+        inputs["perturbation_embeddings"],
+        inputs["retrieval_candidates"],
+        None,
+    )[TRAIN]
+    stream = SentenceStream(sampler, batch_size=3, seed=5)
+    stream.start_step = 3
+    drawn = {}
+    for workers in (0, 2):
+        batches = iter(DataLoader(stream, batch_size=None, num_workers=workers))
+        drawn[workers] = [next(batches)["target"] for _ in range(5)]
+    for here, ahead in zip(drawn[0], drawn[2], strict=True):
+        assert torch.equal(here, ahead)
+    assert not torch.equal(drawn[0][0], drawn[0][1])
+    records = [
+        train_tiny(inputs, tmp_path / f"w{workers}", "state", loader_workers=workers)[0]
+        for workers in (0, 2)
+    ]
+    for name, tensor in records[0]["state_dicts"]["0"].items():
+        assert torch.equal(tensor, records[1]["state_dicts"]["0"][name]), name
+    with pytest.raises(ParameterError, match="loader_workers"):
+        tiny_training(loader_workers=-1)

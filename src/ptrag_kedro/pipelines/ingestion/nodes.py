@@ -2,6 +2,11 @@
 screen, in that order, so that nothing learnt from the cells (the highly variable genes) sees a
 held-out cell.
 
+The steps hand on a :class:`~.staged.StagedScreen` (obs, var, a handle on the raw X, the kept
+rows), never a copy of X: the counts are read in blocks of ``ingestion.features.block_rows`` rows
+(checked, QC'd, normalised, HVG statistics gathered), and the catalog writes the final screen
+block by block. Memory is bounded by a block, not by the screen.
+
 Every bad input raises :class:`ScreenError` with one line naming the file and the field.
 """
 
@@ -14,16 +19,20 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 
 from ptrag_kedro.parameters import FeatureParameters, ObsColumns, SplitParameters
+from ptrag_kedro.pipelines.ingestion.hvg import (
+    STREAMED_FLAVORS,
+    LineStatistics,
+    highly_variable_genes,
+)
+from ptrag_kedro.pipelines.ingestion.staged import StagedScreen, log_normalise
 from ptrag_kedro.provenance import screen_fingerprint
 from ptrag_kedro.schema import (
     CELL_LINE,
     CONTROL,
     PERTURBATION,
-    PROVENANCE_KEY,
     SPLIT,
     TEST,
     TRAIN,
@@ -40,12 +49,12 @@ class ScreenError(ValueError):
     """Bad input screen or split: the message is one line naming the file and the field."""
 
 
-def _source(adata: ad.AnnData) -> str:
-    return str(adata.uns.get(PROVENANCE_KEY, {}).get("raw_screen") or "raw_screen")
+def _source(screen: StagedScreen) -> str:
+    return str(screen.provenance.get("raw_screen") or "raw_screen")
 
 
-def _control_label(adata: ad.AnnData) -> str:
-    return adata.uns[PROVENANCE_KEY]["control_label"]
+def _control_label(screen: StagedScreen) -> str:
+    return screen.provenance["control_label"]
 
 
 def _first(names: Iterable[Any], limit: int = 5) -> str:
@@ -60,12 +69,12 @@ def _first(names: Iterable[Any], limit: int = 5) -> str:
 
 def standardise_screen(
     raw_screen: ad.AnnData, columns: ObsColumns, raw_screen_path: str
-) -> ad.AnnData:
+) -> StagedScreen:
     """Validate the raw obs and rename it to ``perturbation``, ``cell_line``, ``batch``.
 
     ``raw_screen_path`` is the catalog's path of ``raw_screen`` (the same run-time parameter),
-    named in errors and recorded in the provenance. X, var and obsm are shared with the input (no
-    copy). Every cell line must have control cells.
+    named in errors and recorded in the provenance. X (backed or not), var and obsm are
+    referenced, not copied. Every cell line must have control cells.
     """
     source = str(raw_screen_path)
     for role in ("perturbation", "cell_line", "batch"):
@@ -88,8 +97,9 @@ def standardise_screen(
         obs[role] = pd.Categorical(values.astype(str).str.strip())
     _check_controls(obs, columns.control_label, source, columns.perturbation)
 
-    screen = ad.AnnData(X=raw_screen.X, obs=obs, var=raw_screen.var, obsm=dict(raw_screen.obsm))
-    screen.uns[PROVENANCE_KEY] = {"raw_screen": source, "control_label": columns.control_label}
+    screen = StagedScreen.from_anndata(
+        raw_screen, obs, {"raw_screen": source, "control_label": columns.control_label}
+    )
     logger.info(
         "Screen %s: %d cells, %d genes, %d cell lines, %d perturbations",
         source,
@@ -112,7 +122,7 @@ def _check_controls(obs: pd.DataFrame, control_label: str, source: str, column: 
         )
 
 
-def _uses_obsm(screen: ad.AnnData, features: FeatureParameters) -> bool:
+def _uses_obsm(screen: StagedScreen, features: FeatureParameters) -> bool:
     return bool(features.obsm_key) and features.obsm_key in screen.obsm
 
 
@@ -120,25 +130,23 @@ def _uses_obsm(screen: ad.AnnData, features: FeatureParameters) -> bool:
 # 2. quality control
 
 
-def filter_cells(screen: ad.AnnData, features: FeatureParameters) -> ad.AnnData:
+def filter_cells(screen: StagedScreen, features: FeatureParameters) -> StagedScreen:
     """Drop cells before anything is learnt from them.
 
     On the counts path the counts are checked (finite, non-negative integers) and cells with
-    fewer than ``min_genes_per_cell`` detected genes dropped; on either path, (cell line,
-    perturbation) groups with fewer than ``min_cells_per_perturbation`` cells (controls never).
-    All row filters make one subset (a copy of X), and none when every cell passes.
+    fewer than ``min_genes_per_cell`` detected genes dropped, in one pass over blocks of X; on
+    either path, (cell line, perturbation) groups with fewer than ``min_cells_per_perturbation``
+    cells (controls never). Only the kept rows' indices are recorded: X is not copied.
     """
     source = _source(screen)
+    screen = screen.replace(block_rows=features.block_rows)
     keep = np.ones(screen.n_obs, dtype=bool)
     record: dict[str, Any] = {"min_cells_per_perturbation": features.min_cells_per_perturbation}
     if not _uses_obsm(screen, features):
-        if screen.X is None:
-            raise ScreenError(f"{source}: X is empty and obsm has no '{features.obsm_key}'")
-        _check_counts(screen.X, source)
+        _require_counts(screen, features, source)
+        detected = _scan_counts(screen, source)
         if features.min_genes_per_cell > 0:
-            keep, _ = sc.pp.filter_cells(
-                screen.X, min_genes=features.min_genes_per_cell, inplace=False
-            )
+            keep = detected >= features.min_genes_per_cell
             if not keep.any():
                 raise ScreenError(
                     f"{source}: no cell has {features.min_genes_per_cell} detected genes "
@@ -151,35 +159,48 @@ def filter_cells(screen: ad.AnnData, features: FeatureParameters) -> ad.AnnData:
     keep = _cells_in_large_groups(
         screen.obs, keep, features.min_cells_per_perturbation, _control_label(screen)
     )
-    obsm = (
-        {features.obsm_key: screen.obsm[features.obsm_key]} if _uses_obsm(screen, features) else {}
-    )
-    filtered = ad.AnnData(
-        X=screen.X[keep] if not keep.all() and screen.X is not None else screen.X,
-        obs=screen.obs[keep].copy(),
-        var=screen.var,
-        obsm={key: value[keep] if not keep.all() else value for key, value in obsm.items()},
-    )
+    obs = screen.obs[keep].copy()
     for column in (PERTURBATION, CELL_LINE):
-        filtered.obs[column] = filtered.obs[column].cat.remove_unused_categories()
-    _check_controls(filtered.obs, _control_label(screen), source, PERTURBATION)
-    filtered.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "quality_control": record}
-    logger.info("QC: %d of %d cells kept", filtered.n_obs, screen.n_obs)
-    return filtered
+        obs[column] = obs[column].cat.remove_unused_categories()
+    _check_controls(obs, _control_label(screen), source, PERTURBATION)
+    logger.info("QC: %d of %d cells kept", len(obs), screen.n_obs)
+    return screen.replace(
+        obs=obs,
+        rows=screen.rows[keep],
+        provenance={**screen.provenance, "quality_control": record},
+    )
 
 
-def _check_counts(matrix: Any, source: str) -> None:
-    """Counts must be finite, non-negative integers."""
-    if sp.issparse(matrix):
-        values = matrix.data
-        chunks = (
-            values[start : start + _CHECK_CHUNK] for start in range(0, len(values), _CHECK_CHUNK)
+def _require_counts(screen: StagedScreen, features: FeatureParameters, source: str) -> None:
+    if screen.counts is None:
+        raise ScreenError(f"{source}: X is empty and obsm has no '{features.obsm_key}'")
+    if isinstance(screen.counts, ad.abc.CSCDataset):
+        # Reading rows of a column-major file reads the whole matrix for every block.
+        raise ScreenError(
+            f"{source}: X is stored column-major (CSC); ingestion reads cells in blocks of rows: "
+            "store X as CSR (adata.X = adata.X.tocsr(), then write_h5ad)"
         )
-    else:
-        matrix = np.asarray(matrix)
-        rows = max(1, _CHECK_CHUNK // max(1, matrix.shape[1]))
-        chunks = (matrix[start : start + rows] for start in range(0, matrix.shape[0], rows))
-    for chunk in chunks:
+
+
+def _scan_counts(screen: StagedScreen, source: str) -> np.ndarray:
+    """Check every block of the counts; the number of detected genes (> 0) of each cell."""
+    detected = np.zeros(screen.n_obs, dtype=np.int64)
+    for where, block in screen.blocks():
+        if sp.issparse(block):
+            _check_counts(block.data, source)
+            positive = sp.csr_matrix((block.data > 0, block.indices, block.indptr), block.shape)
+            detected[where] = (positive @ np.ones(block.shape[1])).astype(np.int64)
+        else:
+            _check_counts(block, source)
+            detected[where] = np.count_nonzero(block > 0, axis=1)
+    return detected
+
+
+def _check_counts(values: np.ndarray, source: str) -> None:
+    """Counts must be finite, non-negative integers (``values``: a block's stored values)."""
+    values = values.reshape(-1)
+    for start in range(0, len(values), _CHECK_CHUNK):
+        chunk = values[start : start + _CHECK_CHUNK]
         if not np.isfinite(chunk).all():
             raise ScreenError(
                 f"{source}: X holds NaN or infinite values where raw counts are expected"
@@ -223,8 +244,8 @@ def _cells_in_large_groups(
 
 
 def split_screen(
-    screen: ad.AnnData, split: SplitParameters, split_lists: dict[str, Any] | None
-) -> tuple[ad.AnnData, dict[str, Any]]:
+    screen: StagedScreen, split: SplitParameters, split_lists: dict[str, Any] | None
+) -> tuple[StagedScreen, dict[str, Any]]:
     """Assign every cell a split and write the per-line manifest (its fingerprint comes last).
 
     few_shot: the held-out line's perturbations go to val/test (by fractions and a seed, or by
@@ -247,16 +268,15 @@ def split_screen(
         for line in lines
     }
     assignment, missing, split_source = _assign(perturbations_by_line, split, split_lists, source)
-    screen = screen.copy() if screen.is_view else screen
-    screen.obs[SPLIT] = pd.Categorical(
-        _split_column(screen.obs, assignment, _control_label(screen)),
+    obs = screen.obs.copy()
+    obs[SPLIT] = pd.Categorical(
+        _split_column(obs, assignment, _control_label(screen)),
         categories=[TRAIN, VAL, TEST, CONTROL],
     )
     record = {"mode": split.mode, "heldout_cell_line": split.heldout_cell_line}
-    screen.uns[PROVENANCE_KEY] = {
-        **screen.uns[PROVENANCE_KEY],
-        "split": {**record, "source": split_source},
-    }
+    screen = screen.replace(
+        obs=obs, provenance={**screen.provenance, "split": {**record, "source": split_source}}
+    )
     manifest = {
         **record,
         "seed": split.seed,
@@ -409,48 +429,53 @@ def _split_column(
 # 4. features
 
 
-def select_features(screen: ad.AnnData, features: FeatureParameters) -> ad.AnnData:
+def select_features(screen: StagedScreen, features: FeatureParameters) -> StagedScreen:
     """The feature matrix: ``obsm[obsm_key]`` when present; otherwise scanpy's normalize_total
     + log1p, and highly variable genes chosen from the train and control cells only (a held-out
     cell never decides which genes are kept).
 
     The path taken and its settings are recorded in ``uns["ptrag"]["features"]``. On the counts
-    path a float32 X is normalised in place: the filtered screen's X is consumed rather than
-    copied (it is the largest object).
+    path only the choice is made here (genes, normalisation): the catalog's ``screen`` dataset
+    normalises the counts block by block as it writes them.
     """
+    screen = screen.replace(block_rows=features.block_rows)
     if _uses_obsm(screen, features):
         featurised = _features_from_obsm(screen, features.obsm_key, _source(screen))
         record: dict[str, Any] = {"path": f"obsm:{features.obsm_key}"}
     else:
         featurised, record = _features_from_counts(screen, features)
     record.update(n_features=int(featurised.n_vars), n_cells=int(featurised.n_obs))
-    featurised.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "features": record}
+    featurised = featurised.replace(provenance={**screen.provenance, "features": record})
     logger.info("Features: %s -> %d cells x %d features", record["path"], *featurised.shape)
     return featurised
 
 
-def _features_from_obsm(screen: ad.AnnData, obsm_key: str, source: str) -> ad.AnnData:
+def _features_from_obsm(screen: StagedScreen, obsm_key: str, source: str) -> StagedScreen:
+    """The kept cells' rows of ``obsm[obsm_key]`` as float32 (an obsm matrix is held whole)."""
     matrix = screen.obsm[obsm_key]
+    if isinstance(matrix, pd.DataFrame):
+        matrix = matrix.to_numpy()
+    if len(screen.rows) < matrix.shape[0]:
+        matrix = matrix[screen.rows]
     matrix = (
-        matrix.astype(np.float32) if sp.issparse(matrix) else np.asarray(matrix, dtype=np.float32)
+        sp.csr_matrix(matrix, dtype=np.float32)
+        if sp.issparse(matrix)
+        else np.asarray(matrix, dtype=np.float32)
     )
     values = matrix.data if sp.issparse(matrix) else matrix
     if not np.isfinite(values).all():
         raise ScreenError(f"{source}: obsm['{obsm_key}'] has NaN or infinite values")
-    return ad.AnnData(
-        X=matrix,
-        obs=screen.obs.copy(),
-        var=pd.DataFrame(index=pd.Index(_obsm_feature_names(screen, matrix.shape[1]))),
-    )
+    names = pd.Index(_obsm_feature_names(screen.var, matrix.shape[1]))
+    return screen.replace(features=matrix, feature_names=names)
 
 
-def _obsm_feature_names(screen: ad.AnnData, n_features: int) -> list[str]:
+def _obsm_feature_names(var: pd.DataFrame, n_features: int) -> list[str]:
     """Gene names of the obsm features: the ``highly_variable`` genes when their count matches."""
-    flags = screen.var.get("highly_variable")
+    flags = var.get("highly_variable")
     if flags is not None and int(np.asarray(flags, dtype=bool).sum()) == n_features:
-        return list(screen.var_names[np.asarray(flags, dtype=bool)])
-    if screen.n_vars == n_features:
-        return list(screen.var_names)
+        return list(var.index[np.asarray(flags, dtype=bool)])
+    if len(var) == n_features:
+        return list(var.index)
     logger.warning(
         "obsm features: %d columns but no var['highly_variable'] of that size; naming them "
         "hvg_0000...",
@@ -460,37 +485,46 @@ def _obsm_feature_names(screen: ad.AnnData, n_features: int) -> list[str]:
 
 
 def _features_from_counts(
-    screen: ad.AnnData, features: FeatureParameters
-) -> tuple[ad.AnnData, dict[str, Any]]:
-    counts = screen.X
-    adata = ad.AnnData(
-        X=counts.astype(np.float32) if counts.dtype != np.float32 else counts,
-        obs=screen.obs.copy(),
-        var=pd.DataFrame(index=screen.var_names.copy()),
-    )
-    sc.pp.normalize_total(adata, target_sum=features.normalize_target_sum)
-    sc.pp.log1p(adata)
-    if features.n_top_genes < adata.n_vars:
-        learn_from = adata.obs[SPLIT].isin([TRAIN, CONTROL]).to_numpy()
-        chosen = adata[learn_from]
-        batch_key = CELL_LINE if chosen.obs[CELL_LINE].nunique() > 1 else None
-        statistics = sc.pp.highly_variable_genes(
-            chosen,
-            n_top_genes=features.n_top_genes,
-            flavor=features.hvg_flavor,
-            batch_key=batch_key,
-            inplace=False,
+    screen: StagedScreen, features: FeatureParameters
+) -> tuple[StagedScreen, dict[str, Any]]:
+    if features.hvg_flavor not in STREAMED_FLAVORS:
+        raise ScreenError(
+            f"{_source(screen)}: highly variable genes of flavour '{features.hvg_flavor}' are "
+            f"not computed in bounded memory (parameter ingestion.features.hvg_flavor: one of "
+            f"{', '.join(STREAMED_FLAVORS)})"
         )
-        adata = adata[:, statistics["highly_variable"].to_numpy()].copy()
-    adata.var = pd.DataFrame(index=adata.var_names.copy())
-    adata.uns = {}
+    genes = np.arange(len(screen.var))
+    if features.n_top_genes < len(genes):
+        learn_from = screen.obs[SPLIT].isin([TRAIN, CONTROL]).to_numpy()
+        statistics = _line_statistics(screen, learn_from, features)
+        chosen = highly_variable_genes(statistics, screen.var.index, features.n_top_genes)
+        genes = np.flatnonzero(chosen)
     record = {
         "path": "scanpy:normalize_total+log1p+highly_variable_genes(train and control cells)",
         "normalize_target_sum": features.normalize_target_sum,
         "n_top_genes": features.n_top_genes,
         "hvg_flavor": features.hvg_flavor,
     }
-    return adata, record
+    chosen_screen = screen.replace(
+        genes=genes,
+        target_sum=features.normalize_target_sum,
+        feature_names=screen.var.index[genes].copy(),
+    )
+    return chosen_screen, record
+
+
+def _line_statistics(
+    screen: StagedScreen, learn_from: np.ndarray, features: FeatureParameters
+) -> LineStatistics:
+    """One pass over the ``learn_from`` cells' counts: normalised as the output will be, then
+    summed per cell line and gene (scanpy's batches are the lines, its cells these)."""
+    lines = screen.obs[CELL_LINE].to_numpy()[learn_from]
+    categories = screen.obs[CELL_LINE].cat.categories
+    line_codes = categories.get_indexer(lines)
+    statistics = LineStatistics.zeros(len(categories), len(screen.var), features.hvg_flavor)
+    for where, block in screen.blocks(screen.rows[learn_from]):
+        statistics.add(log_normalise(block, features.normalize_target_sum), line_codes[where])
+    return statistics
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,9 +532,13 @@ def _features_from_counts(
 
 
 def record_fingerprint(
-    screen: ad.AnnData, split_manifest: dict[str, Any]
-) -> tuple[ad.AnnData, dict[str, Any]]:
-    """The screen's fingerprint (gene order, cells, split) in its provenance and the manifest."""
+    screen: StagedScreen, split_manifest: dict[str, Any]
+) -> tuple[StagedScreen, dict[str, Any]]:
+    """The screen's fingerprint (gene order, cells, split) in its provenance and the manifest.
+
+    The staged screen is returned as it is: the catalog's ``screen`` dataset writes it (X block by
+    block); ``StagedScreen.to_anndata()`` gives it in memory.
+    """
     fingerprint = screen_fingerprint(screen)
-    screen.uns[PROVENANCE_KEY] = {**screen.uns[PROVENANCE_KEY], "fingerprint": fingerprint}
+    screen = screen.replace(provenance={**screen.provenance, "fingerprint": fingerprint})
     return screen, {**split_manifest, "screen_fingerprint": fingerprint}

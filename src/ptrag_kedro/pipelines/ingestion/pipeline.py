@@ -1,5 +1,8 @@
 """``ingestion`` pipeline: ``raw_screen`` -> ``screen`` (standard obs, quality control, split,
-features) and ``split_manifest``, one step per node."""
+features) and ``split_manifest``, one step per node.
+
+The steps hand on a ``StagedScreen`` (obs and a handle on the backed raw X, never a copy of X);
+the ``screen`` dataset writes its X block by block, so memory is bounded by a block of rows."""
 
 from kedro.pipeline import Pipeline, node
 

@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
 
+from ptrag_kedro.expression import ExpressionRows
 from ptrag_kedro.models.sentences import SentenceGroup, SentenceSpec
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.pipelines.reporting.inference import block_obs, predictions_anndata
 from ptrag_kedro.pipelines.training.nodes import make_samplers
-from ptrag_kedro.responses import dense, mean_shifts
+from ptrag_kedro.responses import mean_shifts
 from ptrag_kedro.schema import CELL_LINE, PERTURBATION, SPLIT, TEST, TRAIN, VAL
 
 logger = logging.getLogger(__name__)
@@ -111,11 +112,11 @@ def _tuned_ridge(
     return fits[alpha], {"alpha": alpha, "val_mse": {str(a): v for a, v in val_mse.items()}}
 
 
-def _no_change(data: BaselineData, group: SentenceGroup, screen: ad.AnnData, controls, rng):
+def _no_change(data: BaselineData, group: SentenceGroup, expression, controls, rng):
     return controls
 
 
-def _perturbation_mean(data: BaselineData, group: SentenceGroup, screen, controls, rng):
+def _perturbation_mean(data: BaselineData, group: SentenceGroup, expression, controls, rng):
     elsewhere = (data.train[PERTURBATION] == group.perturbation).to_numpy() & (
         data.train[CELL_LINE] != group.cell_line
     ).to_numpy()
@@ -125,16 +126,16 @@ def _perturbation_mean(data: BaselineData, group: SentenceGroup, screen, control
     return np.maximum(controls + data.train_shifts[elsewhere].mean(0), 0.0)
 
 
-def _context(data: BaselineData, group: SentenceGroup, screen: ad.AnnData, controls, rng):
+def _context(data: BaselineData, group: SentenceGroup, expression: ExpressionRows, controls, rng):
     pool = data.context_rows.get(group.cell_line, np.zeros(0, dtype=np.int64))
     if not len(pool):
         data.fallbacks.setdefault("context", []).append(_name(group))
         return controls
-    return dense(screen.X[np.sort(rng.choice(pool, len(controls)))])
+    return expression[np.sort(rng.choice(pool, len(controls)))]
 
 
 def _ridge(name: str, line_aware: bool) -> Callable:
-    def predict(data: BaselineData, group: SentenceGroup, screen, controls, rng):
+    def predict(data: BaselineData, group: SentenceGroup, expression, controls, rng):
         model, _ = data.ridge[name]
         inputs = data.features([group.cell_line], [group.perturbation], line_aware)
         return np.maximum(controls + model.predict(inputs)[0], 0.0)
@@ -142,7 +143,7 @@ def _ridge(name: str, line_aware: bool) -> Callable:
     return predict
 
 
-#: name -> function(data, group, screen, controls [n, G], rng) -> predicted cells [n, G]
+#: name -> function(data, group, expression rows, controls [n, G], rng) -> predicted cells [n, G]
 BASELINES: dict[str, Callable] = {
     "control_mean": _no_change,
     "perturbation_mean": _perturbation_mean,
@@ -175,11 +176,11 @@ def predict_baselines(
     blocks, obs_rows = [], []
     for index, group in enumerate(sampler.groups):
         control_rows = sampler.prediction_controls(index, reporting.seed)
-        controls = dense(screen.X[control_rows])
+        controls = sampler.expression[control_rows]
         key = zlib.crc32(f"{group.cell_line}\x1f{group.perturbation}".encode())
         rng = np.random.default_rng([reporting.seed, key, 1])
         for method in reporting.baselines:
-            blocks.append(BASELINES[method](data, group, screen, controls, rng))
+            blocks.append(BASELINES[method](data, group, sampler.expression, controls, rng))
             obs_rows.append(block_obs(group, 0, cell_names[control_rows], method=method))
     predictions = predictions_anndata(blocks, obs_rows, screen)
     predictions.obs["method"] = pd.Categorical(

@@ -7,11 +7,12 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
+from ptrag_kedro.expression import ExpressionRows, dense
 from ptrag_kedro.metrics import MetricInputs, MetricSpec, evaluate, metric_registry
 from ptrag_kedro.parameters import ReportingParameters
-from ptrag_kedro.responses import dense
 from ptrag_kedro.schema import CELL_LINE, CONTROL, PERTURBATION, SPLIT, TEST
 
 #: Columns of a ``<variant>.metrics`` table.
@@ -27,11 +28,13 @@ class _LineReference:
         perturbed = in_line & (obs[SPLIT] != CONTROL).to_numpy()
         # The line's average perturbed cell over every split: the reference of the
         # perturbation-specific shift (pearson_delta_context), the same for every method.
-        self.perturbed_mean = np.asarray(screen.X[perturbed].mean(axis=0)).ravel()
-        # Only this line's test and control cells are made dense.
+        expression = ExpressionRows.of(screen)
+        weights = sp.csr_matrix(perturbed[None, :] / max(1, int(perturbed.sum())))
+        self.perturbed_mean = expression.row_sums(weights)[0]
+        # Only this line's test and control cells are read and made dense.
         chosen = in_line & obs[SPLIT].isin([TEST, CONTROL]).to_numpy()
         self.obs = obs[chosen]
-        self.expression = dense(screen.X[chosen])
+        self.expression = expression[np.flatnonzero(chosen)]
         self.controls = self.expression[(self.obs[SPLIT] == CONTROL).to_numpy()]
         fitted = np.vstack([self.expression[(self.obs[SPLIT] == TEST).to_numpy()], self.controls])
         self.pca = PCA(

@@ -11,7 +11,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ptrag_kedro.datasets import CheckpointDirectory
+from ptrag_kedro.expression import ExpressionRows
 from ptrag_kedro.models import ModelConfig, PerturbationModel
+from ptrag_kedro.models.distributed import fit_on_processes
 from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
 from ptrag_kedro.models.training import fit
 from ptrag_kedro.parameters import TrainingParameters, VariantParameters
@@ -69,7 +71,8 @@ def make_samplers(
     candidates: pd.DataFrame,
     responses: pd.DataFrame | None,
 ) -> dict[str, SentenceSampler]:
-    """One sentence sampler per split."""
+    """One sentence sampler per split, all reading X through one :class:`ExpressionRows`."""
+    expression = ExpressionRows.of(screen)
     return {
         split: SentenceSampler(
             screen,
@@ -79,6 +82,7 @@ def make_samplers(
             spec=spec,
             control_label=split_manifest["control_label"],
             responses=responses,
+            expression=expression,
         )
         for split in splits
     }
@@ -144,7 +148,11 @@ def _train_seeds(
     checkpoints: CheckpointDirectory,
     provenance: dict[str, str],
 ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
-    """One model per seed: the record's per-seed entries, and the loss histories."""
+    """One model per seed: the record's per-seed entries, and the loss histories.
+
+    Several devices or nodes train each seed with DDP under torchrun (the same ``fit`` in
+    every rank, the same result); one device trains here, in the node's process.
+    """
     trained: dict[str, dict[str, Any]] = {
         "state_dicts": {},  # one model per training seed
         "steps": {},
@@ -152,9 +160,10 @@ def _train_seeds(
         "selected_val_energy": {},
     }
     histories = []
+    train = fit_on_processes if training.launches_processes() else fit
     for seed in training.seeds:
         torch.manual_seed(seed)  # the initial weights differ per seed too
-        result = fit(
+        result = train(
             PerturbationModel(config),
             samplers[TRAIN],
             samplers[VAL],

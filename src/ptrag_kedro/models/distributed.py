@@ -1,0 +1,318 @@
+"""Training on several processes (GPUs, nodes): a job folder per seed and torchrun's entry point.
+
+With one device, ``kedro run`` trains in its own process (:func:`~ptrag_kedro.models.training.fit`).
+With several, :func:`fit_on_processes` writes what ``fit`` needs into a job folder and runs::
+
+    python -m torch.distributed.run --nproc_per_node N ... -m ptrag_kedro.models.distributed JOB
+
+Every rank loads the job and calls the same ``fit``; Lightning detects torchrun's environment,
+starts no process of its own and trains with DDP. Rank 0 writes the result (the selected
+weights, the loss history, the steps) into the job folder, and the node reads it back: the node
+returns what in-process training returns.
+
+Why torchrun and not a spawn strategy: Lightning's ``ddp_spawn`` returns no callback state (our
+loss history, the best weights) and pickles the module and data loaders into each child; torchrun
+is what several nodes need anyway (``--nnodes``, SLURM), so one node and many share this entry
+point. Lightning's default DDP launcher, finally, re-runs the command line (all of ``kedro run``)
+in every rank.
+
+The job file is a pickle (the sentence samplers, the parameters) written by the training node:
+run this entry point only on job folders this project wrote.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from ptrag_kedro.datasets._files import atomic_write_path
+from ptrag_kedro.models.module import ModelConfig, PerturbationModel
+from ptrag_kedro.models.sentences import SentenceSampler
+from ptrag_kedro.models.training import HISTORY_COLUMNS, FitResult, fit
+from ptrag_kedro.parameters import TrainingParameters
+
+logger = logging.getLogger(__name__)
+
+#: What torchrun runs in every rank (tests point it at a module that wraps :func:`main`).
+ENTRY_MODULE = "ptrag_kedro.models.distributed"
+JOB_FILE = "job.pt"
+RESULT_FILE = "result.pt"
+LOG_FILE = "torchrun.log"
+ERROR_FILE = "error_rank{rank}.txt"
+#: torchrun's own default port for a c10d rendezvous
+DEFAULT_RENDEZVOUS_PORT = 29400
+#: seconds the node waits for rank 0's result to show on a shared filesystem (several nodes)
+RESULT_WAIT_S = 60.0
+OUTPUT_TAIL_BYTES = 8192
+
+
+class DistributedTrainingError(RuntimeError):
+    """A torchrun training job failed; the message names its folder and the cause."""
+
+
+@dataclass
+class TrainingJob:
+    """Everything a rank needs to call ``fit``: what the node would have passed in-process."""
+
+    model_config: dict[str, Any]
+    initial_weights: dict[str, torch.Tensor]
+    train_sampler: SentenceSampler
+    val_sampler: SentenceSampler
+    training: TrainingParameters
+    seed: int
+    checkpoint_dir: str
+    provenance: dict[str, str]
+
+
+def job_folder(checkpoint_dir: str | Path) -> Path:
+    """A seed's job folder: beside its checkpoints (on a shared filesystem for several nodes)."""
+    return Path(checkpoint_dir) / "job"
+
+
+# ------------------------------------------------------------------------------ the node's side
+
+
+def fit_on_processes(
+    model: PerturbationModel,
+    train_sampler: SentenceSampler,
+    val_sampler: SentenceSampler,
+    training: TrainingParameters,
+    seed: int,
+    checkpoint_dir: str | Path,
+    provenance: dict[str, str] | None = None,
+) -> FitResult:
+    """:func:`fit` with DDP on ``processes_per_node() x num_nodes`` processes, via torchrun.
+
+    ``training.batch_size`` is per process. With ``num_nodes`` > 1 this process's torchrun is
+    node rank 0; the command for the other nodes is logged (the job folder must be on a
+    filesystem they share).
+    """
+    job_dir = job_folder(checkpoint_dir)
+    write_job(
+        job_dir,
+        TrainingJob(
+            model_config=model.config.to_dict(),
+            initial_weights={name: value.cpu() for name, value in model.state_dict().items()},
+            train_sampler=train_sampler,
+            val_sampler=val_sampler,
+            training=training,
+            seed=seed,
+            checkpoint_dir=str(Path(checkpoint_dir).resolve()),
+            provenance=dict(provenance or {}),
+        ),
+    )
+    processes = training.processes_per_node()
+    if training.num_nodes > 1:
+        endpoint = training.rendezvous_endpoint or f"{socket.getfqdn()}:{DEFAULT_RENDEZVOUS_PORT}"
+        others = [
+            shlex.join(torchrun_command(job_dir, processes, training.num_nodes, endpoint, rank))
+            for rank in range(1, training.num_nodes)
+        ]
+        logger.info(
+            "Training seed %d on %d nodes: start on the other nodes (job folder shared):\n%s",
+            seed,
+            training.num_nodes,
+            "\n".join(others),
+        )
+    else:
+        endpoint = f"127.0.0.1:{free_port()}"
+    command = torchrun_command(job_dir, processes, training.num_nodes, endpoint, node_rank=0)
+    logger.info(
+        "Training seed %d with DDP, %d process(es) x %d node(s), a global batch of %d: %s",
+        seed,
+        processes,
+        training.num_nodes,
+        training.batch_size * processes * training.num_nodes,
+        shlex.join(command),
+    )
+    run_torchrun(command, job_dir)
+    return read_result(job_dir, model.config, wait_s=RESULT_WAIT_S if training.num_nodes > 1 else 0)
+
+
+def write_job(job_dir: Path, job: TrainingJob) -> None:
+    """The job file (atomically), after removing the result and errors of an earlier run."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [job_dir / RESULT_FILE, *job_dir.glob(ERROR_FILE.format(rank="*"))]:
+        stale.unlink(missing_ok=True)
+    with atomic_write_path(job_dir / JOB_FILE) as tmp_path:
+        torch.save(job, tmp_path)  # both samplers in one pickle: a shared matrix is stored once
+
+
+def torchrun_command(
+    job_dir: Path, processes: int, num_nodes: int, endpoint: str, node_rank: int
+) -> list[str]:
+    """The torchrun command line of one node (c10d rendezvous at ``endpoint``)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={num_nodes}",
+        f"--nproc_per_node={processes}",
+        f"--node_rank={node_rank}",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint={endpoint}",
+        "--max_restarts=0",
+        "-m",
+        ENTRY_MODULE,
+        str(job_dir.resolve()),
+    ]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the rendezvous of a one-node run)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def run_torchrun(command: list[str], job_dir: Path) -> None:
+    """Run torchrun, its output echoed to stderr and kept in the job folder's log; a failure
+    raises one line naming the job folder and the first failing rank's error (or the output's
+    last lines)."""
+    tail: collections.deque[bytes] = collections.deque()
+    kept = 0
+    with (
+        (job_dir / LOG_FILE).open("wb") as log,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process,
+    ):
+        while chunk := process.stdout.read1(65536):
+            log.write(chunk)
+            sys.stderr.write(chunk.decode(errors="replace"))
+            tail.append(chunk)
+            kept += len(chunk)
+            while kept - len(tail[0]) >= OUTPUT_TAIL_BYTES:
+                kept -= len(tail.popleft())
+    if process.returncode != 0:
+        output = b"".join(tail).decode(errors="replace")
+        raise DistributedTrainingError(
+            f"distributed training failed (torchrun exit {process.returncode}): "
+            f"{_failure_cause(job_dir, output)}; job folder {job_dir}, full output in "
+            f"{job_dir / LOG_FILE}"
+        )
+
+
+def _failure_cause(job_dir: Path, output: str) -> str:
+    """The first rank error recorded (later ones are mostly ranks losing their peers), else
+    the output's last lines, on one line."""
+    errors = sorted(job_dir.glob(ERROR_FILE.format(rank="*")), key=lambda p: p.stat().st_mtime)
+    if errors:
+        return " ".join(errors[0].read_text().split())
+    lines = [line.strip() for line in output.replace("\r", "\n").splitlines() if line.strip()]
+    return " | ".join(lines[-3:]) or "no output"
+
+
+def read_result(job_dir: Path, config: ModelConfig, wait_s: float = 0.0) -> FitResult:
+    """Rank 0's result as the :class:`FitResult` in-process training returns; the job file is
+    removed once it has been read (the log stays)."""
+    path = job_dir / RESULT_FILE
+    deadline = time.monotonic() + wait_s
+    while not path.is_file() and time.monotonic() < deadline:
+        time.sleep(1.0)  # another node's write may take a moment to show on a shared filesystem
+    if not path.is_file():
+        raise DistributedTrainingError(
+            f"distributed training wrote no result ({path}); job folder {job_dir}, output in "
+            f"{job_dir / LOG_FILE}"
+        )
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    model = PerturbationModel(config)
+    model.load_state_dict(stored["state_dict"])
+    history = pd.DataFrame(stored["history"], columns=HISTORY_COLUMNS).astype(
+        stored["history_dtypes"]
+    )
+    (job_dir / JOB_FILE).unlink(missing_ok=True)
+    return FitResult(
+        model.eval(),
+        history,
+        int(stored["steps"]),
+        int(stored["selected_step"]),
+        stored["selected_val_energy"],
+    )
+
+
+# ------------------------------------------------------------------------------ the ranks' side
+
+
+def write_result(job_dir: Path, result: FitResult) -> None:
+    """Rank 0's result, atomically: loadable with ``weights_only=True``."""
+    history = result.history
+    payload = {
+        "state_dict": {name: value.cpu() for name, value in result.model.state_dict().items()},
+        "history": {column: history[column].tolist() for column in history.columns},
+        "history_dtypes": {column: str(dtype) for column, dtype in history.dtypes.items()},
+        "steps": result.steps,
+        "selected_step": result.selected_step,
+        "selected_val_energy": result.selected_val_energy,
+    }
+    with atomic_write_path(job_dir / RESULT_FILE) as tmp_path:
+        torch.save(payload, tmp_path)
+
+
+def rank_training(training: TrainingParameters) -> TrainingParameters:
+    """The job's parameters in this rank: devices and nodes as torchrun started them."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    strategy = "ddp" if training.strategy == "auto" and world > 1 else training.strategy
+    return dataclasses.replace(
+        training, devices=local, num_nodes=max(1, world // local), strategy=strategy
+    )
+
+
+def run_job(job_dir: Path) -> None:
+    """This rank's share of the job: ``fit``, then rank 0 writes the result."""
+    if not (job_dir / JOB_FILE).is_file():
+        raise FileNotFoundError(
+            f"no training job in {job_dir} ({JOB_FILE}); the training node writes it: start "
+            "`kedro run` (node rank 0) before the other nodes' torchrun"
+        )
+    job: TrainingJob = torch.load(job_dir / JOB_FILE, weights_only=False)  # our own pickle
+    model = PerturbationModel(ModelConfig(**job.model_config))
+    model.load_state_dict(job.initial_weights)
+    result = fit(
+        model,
+        job.train_sampler,
+        job.val_sampler,
+        rank_training(job.training),
+        job.seed,
+        job.checkpoint_dir,
+        job.provenance,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_result(job_dir, result)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no node's torchrun returns before rank 0 has written the result
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ptrag_kedro.models.distributed JOB_DIR``, in every rank under torchrun."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: torchrun [options] -m ptrag_kedro.models.distributed JOB_DIR")
+    job_dir = Path(args[0])
+    try:
+        run_job(job_dir)
+    except Exception as error:
+        # For the node's one-line error; the traceback still goes to the output.
+        rank = os.environ.get("RANK", "0")
+        message = " ".join(f"rank {rank}: {type(error).__name__}: {error}".split())
+        if job_dir.is_dir():
+            (job_dir / ERROR_FILE.format(rank=rank)).write_text(message + "\n")
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The screen between ingestion steps, and the row blocks every step reads the raw counts by.
+
+A :class:`StagedScreen` holds the small tables (obs, var, provenance), a handle on the raw X (a
+backed CSR or dense dataset when ``raw_screen`` is loaded ``backed: r``, or an in-memory matrix)
+and the raw rows still kept. X is never held whole: each step reads it ``block_rows`` raw rows at
+a time, and the final screen is written to its h5ad file block by block (``write_h5ad``, called
+by the catalog's ``AnnDataDataset.save``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata.io import sparse_dataset, write_elem
+
+from ptrag_kedro.schema import PROVENANCE_KEY
+
+#: A block of rows: CSR when X is sparse, a float or integer array when it is dense.
+Block = sp.csr_matrix | np.ndarray
+
+#: Raw rows read at once when no parameter says otherwise (ingestion.features.block_rows).
+DEFAULT_BLOCK_ROWS = 50_000
+
+
+@dataclass(frozen=True, repr=False)
+class StagedScreen:
+    """A screen in the making: obs of the kept cells, the raw genes, and where their counts are.
+
+    Args:
+        obs: one row per kept cell (standardised columns, ``split`` once assigned).
+        var: the raw screen's genes.
+        counts: the raw X (backed ``CSRDataset``, h5py ``Dataset``, ``np.ndarray`` or scipy
+            sparse); ``None`` when the file has no X.
+        rows: the raw row of each obs row, ascending.
+        obsm: the raw screen's obsm (every raw row), held by reference.
+        provenance: what ``uns["ptrag"]`` will hold.
+        block_rows: raw rows read at once.
+        genes: counts path, once chosen: the raw columns of the features.
+        target_sum: counts path, once chosen: normalize_total's target.
+        features: obsm path, once chosen: the feature matrix of the kept cells (in memory).
+        feature_names: the features' names (either path), once chosen.
+    """
+
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    counts: Any
+    rows: np.ndarray
+    obsm: Mapping[str, Any]
+    provenance: dict[str, Any]
+    block_rows: int = DEFAULT_BLOCK_ROWS
+    genes: np.ndarray | None = None
+    target_sum: float | None = None
+    features: np.ndarray | sp.spmatrix | None = None
+    feature_names: pd.Index | None = None
+
+    @classmethod
+    def from_anndata(
+        cls, adata: ad.AnnData, obs: pd.DataFrame, provenance: dict[str, Any]
+    ) -> StagedScreen:
+        """Every row of ``adata`` with the given obs; X is referenced (a backed one stays so)."""
+        return cls(
+            obs=obs,
+            var=adata.var,
+            counts=adata.X,
+            rows=np.arange(adata.n_obs),
+            obsm=dict(adata.obsm),
+            provenance=provenance,
+        )
+
+    def replace(self, **changes: Any) -> StagedScreen:
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:  # short: tracebacks and logs show it, not its tables
+        stage = "features chosen" if self.feature_names is not None else "raw genes"
+        return (
+            f"StagedScreen({self.n_obs} cells x {self.n_vars} {stage}, of "
+            f"{self.provenance.get('raw_screen')}, X: {type(self.counts).__name__})"
+        )
+
+    # What screen_fingerprint and the dataset's log line read (duck-typed as an AnnData's).
+    @property
+    def var_names(self) -> pd.Index:
+        """The features' names once chosen, the raw genes before."""
+        return self.var.index if self.feature_names is None else self.feature_names
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self.obs.index
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs)
+
+    @property
+    def n_vars(self) -> int:
+        return len(self.var_names)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+    def blocks(self, rows: np.ndarray | None = None) -> Iterator[tuple[slice, Block]]:
+        """Raw counts of ``rows`` (default: the kept rows), as :func:`row_blocks` yields them."""
+        return row_blocks(self.counts, self.rows if rows is None else rows, self.block_rows)
+
+    def x_blocks(self) -> Iterator[Block]:
+        """The screen's X, block by block: the features once chosen (log-normalised counts of
+        the chosen genes, or the obsm matrix), the kept cells' raw counts before."""
+        if self.features is not None:
+            yield self.features
+            return
+        for _, block in self.blocks():
+            if self.target_sum is None:
+                yield block
+            else:
+                yield log_normalise(block, self.target_sum, self.genes)
+
+    def to_anndata(self) -> ad.AnnData:
+        """The screen in memory (tests, small screens): X, obs, var names, ``uns["ptrag"]``."""
+        blocks = list(self.x_blocks())
+        if any(sp.issparse(block) for block in blocks):
+            matrix = sp.csr_matrix(sp.vstack(blocks, format="csr"))
+        else:
+            matrix = np.concatenate(blocks)
+        return ad.AnnData(
+            X=matrix,
+            obs=self.obs.copy(),
+            var=pd.DataFrame(index=self.var_names.copy()),
+            uns={PROVENANCE_KEY: copy.deepcopy(self.provenance)},
+        )
+
+    def write_h5ad(
+        self,
+        path: str | PathLike,
+        *,
+        compression: str | None = None,
+        compression_opts: int | None = None,
+    ) -> None:
+        """Write the screen as an h5ad file, X appended block by block (never whole in memory).
+
+        The caller owns atomicity: ``AnnDataDataset.save`` passes a temporary path and renames
+        it only once this returns.
+        """
+        options = {"compression": compression, "compression_opts": compression_opts}
+        options = {key: value for key, value in options.items() if value is not None}
+        skeleton = ad.AnnData(
+            obs=self.obs,
+            var=pd.DataFrame(index=self.var_names.copy()),
+            uns={PROVENANCE_KEY: self.provenance},
+        )
+        skeleton.write_h5ad(path, **options)
+        # A 32-bit indptr cannot count past 2**31 stored values, and anndata refuses to append
+        # beyond it: a screen that could hold that many gets a 64-bit one from the first block.
+        wide_indptr = self.n_obs * self.n_vars >= np.iinfo(np.int32).max
+        with h5py.File(path, "a") as handle:
+            written = _append_blocks(handle, self.x_blocks(), options, wide_indptr)
+        if written != self.n_obs:
+            raise RuntimeError(f"{path}: wrote {written} rows of X for {self.n_obs} cells")
+
+
+def _append_blocks(
+    handle: h5py.File, blocks: Iterator[Block], options: dict[str, Any], wide_indptr: bool
+) -> int:
+    """Write ``blocks`` one under another as the file's X; the number of rows written."""
+    written, matrix = 0, None
+    for block in blocks:
+        if matrix is None:
+            if sp.issparse(block):
+                first = sp.csr_matrix(block, copy=wide_indptr)
+                if wide_indptr:
+                    first.indptr = first.indptr.astype(np.int64)
+                write_elem(handle, "X", first, dataset_kwargs=options)
+                matrix = sparse_dataset(handle["X"])
+            else:
+                # Resizable along rows: later blocks extend it in place.
+                dense_options = {**options, "maxshape": (None, block.shape[1])}
+                write_elem(handle, "X", np.asarray(block), dataset_kwargs=dense_options)
+                matrix = handle["X"]
+        elif sp.issparse(block):
+            matrix.append(sp.csr_matrix(block))
+        else:
+            matrix.resize(written + block.shape[0], axis=0)
+            matrix[written:] = block
+        written += block.shape[0]
+    return written
+
+
+def row_blocks(matrix: Any, rows: np.ndarray, block_rows: int) -> Iterator[tuple[slice, Block]]:
+    """The raw rows ``rows`` (ascending) of ``matrix``, reading ``block_rows`` raw rows at a time.
+
+    Yields ``(where, block)``: ``block`` holds the raw rows ``rows[where]``, in order (CSR for
+    any sparse matrix, an array for a dense one). Ranges without a wanted row are not read.
+    One reader for every kind of X: an anndata backed CSR dataset, an h5py dataset, or a matrix
+    in memory (whose blocks are copies, so callers may change them).
+    """
+    n_raw = matrix.shape[0]
+    for start in range(0, n_raw, block_rows):
+        stop = min(start + block_rows, n_raw)
+        first, last = np.searchsorted(rows, [start, stop])
+        if first == last:
+            continue
+        block = matrix[start:stop]
+        block = sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
+        wanted = rows[first:last] - start
+        if len(wanted) < stop - start:
+            block = block[wanted]
+        elif isinstance(matrix, np.ndarray):
+            block = block.copy()  # a view of an in-memory X: never change the caller's matrix
+        yield slice(first, last), block
+
+
+def log_normalise(block: Block, target_sum: float, genes: np.ndarray | None = None) -> Block:
+    """scanpy's ``normalize_total(target_sum)`` then ``log1p`` of a block of raw counts, then
+    its columns ``genes`` (all when None); float32 throughout, as scanpy computes them on a
+    float32 X (the counts are cast first, as ingestion always did before calling scanpy).
+
+    Each cell's total counts all genes (the chosen ones or not). Totals are summed exactly (in
+    float64; the counts are integers) and rounded to float32, as scanpy's CSR path does; its
+    dense path sums in float32, which is the same below 2**24 counts per cell.
+    """
+    block = block.astype(np.float32)
+    if sp.issparse(block):
+        totals = block @ np.ones(block.shape[1])  # float64 sums (a float64 vector upcasts)
+    else:
+        totals = block.sum(axis=1, dtype=np.float64)
+    # float32 divided by a Python number stays float32 (NEP 50), as in scanpy
+    scale = totals.astype(np.float32) / target_sum
+    scale = scale + (scale == 0)  # scanpy's allow_divide_by_zero=False: empty cells stay 0
+    if genes is not None and len(genes) < block.shape[1]:
+        block = block[:, genes]
+    if sp.issparse(block):
+        block.data /= np.repeat(scale, np.diff(block.indptr))
+        np.log1p(block.data, out=block.data)
+    else:
+        block /= scale[:, None]
+        np.log1p(block, out=block)
+    return block
