@@ -73,8 +73,10 @@ def baseline_data(
     screen: ad.AnnData, embeddings: pd.DataFrame, reporting: ReportingParameters
 ) -> BaselineData:
     """Train and val shifts, the context cells, and the ridge fits with alphas tuned on val."""
-    train, train_shifts = _embedded(*mean_shifts(screen, [TRAIN]), embeddings)
-    val, val_shifts = _embedded(*mean_shifts(screen, [VAL]), embeddings)
+    groups, shifts = _embedded(*mean_shifts(screen, [TRAIN, VAL]), embeddings)  # one pass over X
+    is_train_group = (groups[SPLIT] == TRAIN).to_numpy()
+    train, train_shifts = groups[is_train_group].reset_index(drop=True), shifts[is_train_group]
+    val, val_shifts = groups[~is_train_group].reset_index(drop=True), shifts[~is_train_group]
     obs = screen.obs
     is_train = (obs[SPLIT] == TRAIN).to_numpy()
     lines = obs[CELL_LINE].astype(str).to_numpy()

@@ -22,13 +22,14 @@ METRIC_COLUMNS = ["method", "seed", CELL_LINE, PERTURBATION, "metric", "value", 
 class _LineReference:
     """One cell line's real test and control cells, its PCA and its average perturbed cell."""
 
-    def __init__(self, screen: ad.AnnData, line: str, n_pcs: int) -> None:
+    def __init__(
+        self, screen: ad.AnnData, expression: ExpressionRows, line: str, n_pcs: int
+    ) -> None:
         obs = screen.obs
         in_line = (obs[CELL_LINE] == line).to_numpy()
         perturbed = in_line & (obs[SPLIT] != CONTROL).to_numpy()
         # The line's average perturbed cell over every split: the reference of the
         # perturbation-specific shift (pearson_delta_context), the same for every method.
-        expression = ExpressionRows.of(screen)
         weights = sp.csr_matrix(perturbed[None, :] / max(1, int(perturbed.sum())))
         self.perturbed_mean = expression.row_sums(weights)[0]
         # Only this line's test and control cells are read and made dense.
@@ -109,8 +110,9 @@ def evaluate_predictions(
         else pd.Series("model", index=predictions.obs_names)
     )
     rows = []
+    expression = ExpressionRows.of(screen)  # X loaded (or opened) once for every line
     for line in predictions.obs[CELL_LINE].unique():
-        reference = _LineReference(screen, str(line), reporting.n_pcs)
+        reference = _LineReference(screen, expression, str(line), reporting.n_pcs)
         rows += _condition_rows(predictions, methods, reference, str(line), registry)
     table = pd.DataFrame(rows)
     per_seed = table.groupby(["method", "seed", "metric"], observed=True)["value"]
