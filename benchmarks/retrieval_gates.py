@@ -75,7 +75,7 @@ def measure(
     config = variant.model_config(
         params["model"], inputs["screen"].n_vars, inputs["perturbation_embeddings"].shape[1], 0
     )
-    spec = sentence_spec(training, variant)
+    spec = sentence_spec(training, variant, inputs["retrieval_candidates"])
     samplers = {
         split: SentenceSampler(
             inputs["screen"],

@@ -29,7 +29,7 @@ _TRAIN = r"""
 import json, resource, sys, time
 import numpy as np, pandas as pd, torch, yaml, lightning as L
 from ptrag_kedro.datasets import AnnDataDataset
-from ptrag_kedro.expression import ExpressionRows, stored_bytes
+from ptrag_kedro.expression_rows import ExpressionRows, stored_bytes
 from ptrag_kedro.models import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
 from ptrag_kedro.models.training import fit

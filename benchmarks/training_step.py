@@ -81,21 +81,9 @@ class NaivePTRAG(PTRAGRetrieval):
     """PT-RAG without the decomposition: the reference the fused block is measured against."""
 
     def forward(self, cells, query, batch, encode, generator=None, **_):
-        b, s, h = cells.shape
-        candidates = encode(batch[keys.CANDIDATES])
-        k = candidates.shape[1]
-        concatenation = torch.cat(
-            [
-                cells[:, :, None, :].expand(b, s, k, h),
-                query[:, None, None, :].expand(b, s, k, h),
-                candidates[:, None, :, :].expand(b, s, k, h),
-            ],
-            dim=-1,
-        )  # [B, S, K, 3H]
-        normalised = self.norm(concatenation)
-        logits = self._scale(self.score_out(self.score_in(normalised)))
+        logits, projected = self.direct_parts(cells, query, encode(batch[keys.CANDIDATES]))
         gates = F.gumbel_softmax(logits, tau=self.config.tau, hard=True)[..., 1]
-        retrieved = (gates[..., None] * self.project(normalised)).sum(2)
+        retrieved = (gates[..., None] * projected).sum(2)
         return RetrievalOutput(retrieved, gates=gates, penalty=gates.mean())
 
 

@@ -15,13 +15,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.io import DatasetError
 
+from ptrag_kedro.datasets import TorchModelDataset
 from ptrag_kedro.metrics import metric_registry
+from ptrag_kedro.models.record import ModelRecord
 from tests.conftest import PROJECT_ROOT, TINY_BACKBONE, TINY_SIMULATION, TINY_VARIANTS
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,11 @@ def _run(
 ) -> None:
     with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:
         session.run(pipeline_name=pipeline)
+
+
+def _record(path: Path) -> ModelRecord:
+    """A trained variant's record, as the catalog loads it (``weights_only=True``)."""
+    return TorchModelDataset(filepath=str(path)).load()
 
 
 def _digest(path: Path) -> str:
@@ -113,16 +119,16 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     )
     variants = [*VARIANTS, "ptrag_residual"]
     for variant in variants:
-        record = torch.load(project / f"data/06_models/{variant}/model.pt", weights_only=True)
-        assert record["steps"] == {"0": 2}
-        assert record["provenance"]["screen_fingerprint"] == manifest["screen_fingerprint"]
+        record = _record(project / f"data/06_models/{variant}/model.pt")
+        assert record.steps == {"0": 2}
+        assert record.provenance["screen_fingerprint"] == manifest["screen_fingerprint"]
         history = pd.read_parquet(project / f"data/08_reporting/{variant}/loss_history.parquet")
         assert list(history["split"]) == ["train", "train", "val"]
         assert (project / f"data/06_models/{variant}/checkpoints/seed_0/last.ckpt").is_file()
         gates = pd.read_parquet(project / f"data/07_model_output/{variant}/gates.parquet")
         assert gates.empty == (variant in ("state", "vanilla_rag"))
-    residual = torch.load(project / "data/06_models/ptrag_residual/model.pt", weights_only=True)
-    assert residual["config"]["retrieval_form"] == "residual"
+    residual = _record(project / "data/06_models/ptrag_residual/model.pt")
+    assert residual.config.retrieval_form == "residual"
     comparison = pd.read_csv(project / "data/08_reporting/comparison.csv")
     assert list(dict.fromkeys(comparison["method"])) == [*variants, *BASELINES]
     assert len(comparison) == len(variants + BASELINES) * N_METRICS
@@ -204,8 +210,8 @@ def test_a_fresh_clone_trains_ptrag_with_one_command_first(project: Path) -> Non
     assert not [path for path in (project / "data").rglob(".*") if path.name != ".gitkeep"]
     _kedro_cli(project, "--pipelines=prepare")
     _kedro_cli(project, "--pipelines=train_ptrag")
-    record = torch.load(project / "data/06_models/ptrag/model.pt", weights_only=True)
-    assert record["config"]["retrieval"] == "ptrag"
+    record = _record(project / "data/06_models/ptrag/model.pt")
+    assert record.config.retrieval == "ptrag"
 
 
 def test_a_bad_parameter_stops_the_run_at_its_start_in_one_line(project: Path) -> None:

@@ -1,11 +1,15 @@
 """Project commands: Kedro's own ``kedro run``, with the project's errors printed as one line.
 
 Kedro picks up a project's ``cli.py`` and lets its commands override the framework's. ``run``
-here is Kedro's ``run`` command, unchanged, except that an error this project raises for a user
-to act on (a missing or stale input, a bad parameter, a bad file) ends the run with that one
+here is Kedro's ``run`` command, unchanged, except that an error a user can act on (a
+:class:`~ptrag_kedro.errors.UserError`: a missing or stale input, a bad parameter, a bad file;
+or Kedro's own parameter validation, which carries our message) ends the run with that one
 line and exit status 1 instead of a traceback. Any other exception (a bug) keeps its traceback.
 The traceback of a user-facing error is logged at DEBUG by ``ptrag_kedro.cli``: set that logger
 to DEBUG in ``conf/logging.yml`` to see it.
+
+This module imports only Kedro, click and ``ptrag_kedro.errors``: ``kedro --help`` in the
+project must not pay for torch, faiss or anndata.
 """
 
 from __future__ import annotations
@@ -17,36 +21,29 @@ from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
-from kedro.io import DatasetError
 from kedro.validation.exceptions import ParameterValidationError
 
-from ptrag_kedro.download import DownloadError
-from ptrag_kedro.parameters import ParameterError
-from ptrag_kedro.pipelines.genept.nodes import GeneEmbeddingError
-from ptrag_kedro.pipelines.ingestion.nodes import ScreenError
-from ptrag_kedro.pipelines.retrieval_index.nodes import RetrievalError
-from ptrag_kedro.provenance import StaleArtefactError
-from ptrag_kedro.variants import VariantError
+from ptrag_kedro.errors import one_line, user_error_in
 
 logger = logging.getLogger(__name__)
 
-#: Errors that tell a user what to do; anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-    DatasetError,
-    DownloadError,
-    GeneEmbeddingError,
-    ParameterError,
-    ParameterValidationError,
-    RetrievalError,
-    ScreenError,
-    StaleArtefactError,
-    VariantError,
-)
 
+def user_message(error: BaseException) -> str | None:
+    """The one line to show for a user's error, or None for a bug (which keeps its traceback).
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (a multi-line message is joined)."""
-    return " ".join(str(error).split()) or type(error).__name__
+    A :class:`UserError` is shown as itself, also when Kedro wrapped it (an error raised while a
+    dataset loads comes wrapped in Kedro's ``DatasetError``, whose message carries ours).
+    """
+    if isinstance(error, ParameterValidationError):
+        return one_line(error)
+    found = user_error_in(error)
+    if found is None:
+        return None
+    # Kedro's catalog prefixes a dataset's error with the dataset's name ("screen: ..."): keep
+    # that, but not the dataset's whole description that its load wrapper adds.
+    outer, inner = one_line(error), one_line(found)
+    name = outer.removesuffix(inner).removesuffix(": ")
+    return outer if outer.endswith(inner) and name and " " not in name else inner
 
 
 def _with_one_line_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -54,9 +51,12 @@ def _with_one_line_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
-        except USER_ERRORS as error:
+        except Exception as error:
+            message = user_message(error)
+            if message is None:
+                raise
             logger.debug("Traceback of the error below", exc_info=True)
-            raise click.ClickException(one_line(error)) from None
+            raise click.ClickException(message) from None
 
     return run
 

@@ -18,12 +18,14 @@ from typing import Any
 import requests
 from tqdm.auto import tqdm
 
+from ptrag_kedro.errors import UserError, one_line
+
 logger = logging.getLogger(__name__)
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download failed; the message is one line naming the URL and the cause."""
 
 
@@ -49,10 +51,6 @@ class RemoteFile:
         )
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())[:300]
-
-
 def _short_reason(exc: BaseException) -> str:
     """The innermost cause of a ``requests`` error, e.g. ``Connection refused``."""
     deepest, current, seen = exc, exc, set()
@@ -67,8 +65,8 @@ def _short_reason(exc: BaseException) -> str:
             else current.__cause__ or current.__context__
         )
     if isinstance(deepest, OSError) and deepest.strerror:
-        return _one_line(deepest.strerror)
-    return _one_line(deepest) or type(deepest).__name__
+        return one_line(deepest.strerror, 300)
+    return one_line(deepest, 300)
 
 
 def _content_range(response: requests.Response) -> tuple[int | None, int | None]:
@@ -186,7 +184,7 @@ def _stream_to(
         ) from exc
     except OSError as exc:  # disk full, permissions
         raise DownloadError(
-            f"cannot write {part} while downloading {url}: {_one_line(exc)}"
+            f"cannot write {part} while downloading {url}: {one_line(exc, 300)}"
         ) from exc
 
 

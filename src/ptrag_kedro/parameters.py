@@ -7,17 +7,13 @@ an error too (a misspelt option must not be silently ignored).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-import torch
+from ptrag_kedro.errors import ParameterError
+from ptrag_kedro.models.config import ModelConfig, check_model_options
 
-from ptrag_kedro.models.module import ModelConfig
-
-
-class ParameterError(ValueError):
-    """A parameter has a value the project cannot use; the message names it."""
+__all__ = ["ParameterError"]  # re-exported: the error every check here raises
 
 
 def _set(instance: Any, name: str, value: Any) -> None:
@@ -114,6 +110,8 @@ class TrainingParameters:
         else 1 (never Lightning's own auto, which would re-launch ``kedro run`` per GPU)."""
         if self.devices != "auto":
             return int(self.devices)
+        import torch  # only here: reading parameters must not load torch
+
         if self.accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
             return max(1, torch.cuda.device_count())
         return 1
@@ -147,9 +145,7 @@ class VariantParameters:
 
     def __post_init__(self) -> None:
         _set(self, "model", dict(self.model or {}))
-        known = {f.name for f in dataclasses.fields(ModelConfig)} - {"n_genes", "embedding_dim"}
-        unknown = sorted(set(self.model) - known)
-        _require(not unknown, f"unknown model option(s) {unknown}; known: {sorted(known)}")
+        check_model_options(self.model, "model")
         retrieval = self.model.get("retrieval", "none")
         if retrieval in ("vanilla", "ptrag"):
             _require(

@@ -8,10 +8,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ptrag_kedro.errors import UserError
 from ptrag_kedro.schema import CELL_LINE, PERTURBATION, PROVENANCE_KEY, SPLIT
 
 
-class StaleArtefactError(RuntimeError):
+class StaleArtefactError(UserError, RuntimeError):
     """An artefact was built from other inputs than the ones of this run."""
 
 

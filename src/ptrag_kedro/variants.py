@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+from ptrag_kedro.errors import UserError
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 #: Namespaces the reporting pipeline uses itself.
 RESERVED = {"baselines", "reporting", "training"}
 
@@ -22,7 +24,7 @@ _from_run: tuple[str, ...] | None = None
 _built_with: tuple[str, ...] | None = None
 
 
-class VariantError(ValueError):
+class VariantError(UserError, ValueError):
     """The ``variants`` parameter cannot name the run's variants; the message says why."""
 
 
@@ -36,7 +38,7 @@ def names_from_parameters(parameters: dict[str, Any]) -> tuple[str, ...]:
         )
     names = tuple(str(name) for name in variants)
     for name in names:
-        if not _NAME.match(name) or name in RESERVED:
+        if not _NAME.fullmatch(name) or name in RESERVED:
             raise VariantError(
                 f"parameters: variant name '{name}' must be letters, digits and underscores, "
                 f"start with a letter, and not be one of {sorted(RESERVED)}"

@@ -55,7 +55,7 @@ def test_default_layers_equal_torchs_encoder_layer(activation: str) -> None:
     config = ModelConfig(
         n_genes=5, embedding_dim=3, hidden_dim=H, n_layers=2, n_heads=4, feed_forward=activation
     )
-    ours = config.transformer().eval()
+    ours = SetTransformer.from_config(config).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     _copy_torch_layer(ours, theirs)
     x = torch.randn(B, S, H)
@@ -73,7 +73,7 @@ def test_paper_backbone_has_arc_states_parameter_count() -> None:
     embeddings; per layer 3*128*696 + 696*128 (attention) + 3*128*2784 (SwiGLU) + 2*128 (norms),
     plus the final norm's 128."""
     config = ModelConfig(n_genes=2000, embedding_dim=1536, **_paper_model())
-    transformer = config.transformer()
+    transformer = SetTransformer.from_config(config)
     per_layer = 3 * 128 * 696 + 696 * 128 + 3 * 128 * 2784 + 2 * 128
     assert sum(p.numel() for p in transformer.parameters()) == 8 * per_layer + 128 == 11_405_440
     assert not any(name.endswith("bias") for name, _ in transformer.named_parameters())
@@ -157,4 +157,4 @@ def test_backbone_options_are_checked(overrides: dict, message: str) -> None:
         ModelConfig(n_genes=5, embedding_dim=3, hidden_dim=16, **overrides)
     # with head_dim set, hidden need not divide: attention width 3 x 5 = 15
     config = ModelConfig(n_genes=5, embedding_dim=3, hidden_dim=16, n_heads=3, head_dim=5)
-    assert config.transformer().layers[0].attention.qkv.out_features == 3 * 15
+    assert SetTransformer.from_config(config).layers[0].attention.qkv.out_features == 3 * 15

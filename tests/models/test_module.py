@@ -80,12 +80,14 @@ def test_ptrag_equals_the_direct_concatenation(projection: str, form: str) -> No
     block = _ptrag_block(gate_projection=projection, retrieval_form=form, gate_inference="expected")
     block.eval()
     cells, query, candidates = _parts()
-    concatenation = _concatenation(cells, query, candidates)
+    logits, projected = block.direct_parts(cells, query, candidates)  # [B, S, K, 2 / H]
+    concatenation = _concatenation(cells, query, candidates)  # the direct form, written out
     normalised = block.norm(concatenation)
-    logits = block.score_out(block.score_in(normalised))  # [B, S, K, 2]
-    logits = logits / logits.std(dim=(1, 2, 3), keepdim=True)
+    by_hand = block.score_out(block.score_in(normalised))
+    torch.testing.assert_close(logits, by_hand / by_hand.std(dim=(1, 2, 3), keepdim=True))
+    by_hand = block.project(normalised if projection == "layernorm" else concatenation)
+    torch.testing.assert_close(projected, by_hand)
     gates = torch.sigmoid(logits[..., 1] - logits[..., 0])
-    projected = block.project(normalised if projection == "layernorm" else concatenation)
     expected = (gates[..., None] * projected).sum(2)
     if form == "residual":
         expected = expected + cells + query[:, None, :]
@@ -210,7 +212,7 @@ def test_response_weights_skip_empty_slots_and_sum_to_at_most_one() -> None:
     batch[keys.RESPONSE_MASK] = torch.zeros(B, R, dtype=torch.bool)
     with torch.no_grad():
         output = model(batch)
-    assert torch.all(output.gates == 0) and output.kept_fraction == 0
+    assert torch.all(output.gates == 0) and output.extra_metrics["kept_fraction"] == 0
 
 
 def test_response_dropout_hides_whole_kinds_in_training_only() -> None:
@@ -254,6 +256,30 @@ def test_loss_is_scaled_energy_plus_penalty(retrieval: str) -> None:
     penalty = output.gates.mean() if retrieval == "ptrag" else 0.0
     torch.testing.assert_close(loss.total, 0.5 * energy + 0.2 * penalty)
     assert (output.gates is not None) == (retrieval in ("ptrag", "response"))
+    # the penalty and the block's diagnostics reach the training plan as extra metrics
+    expected = {"ptrag": {"kept_fraction", "sparsity"}, "response": {"kept_fraction"}}
+    assert set(loss.extra_metrics) == expected.get(retrieval, set())
+
+
+def test_abs_sparsity_sends_no_gradient_through_skipped_pairs() -> None:
+    """The authors' ``abs(gates).mean()`` has the value of ``gates.mean()`` (hard gates are 0 or
+    1), but a skipped pair's gate is exactly 0, where |x| has no gradient: only kept pairs are
+    pushed to close. The mean penalty pushes every pair."""
+    batch = _batch()
+    gradients = {}
+    for sparsity in ("mean", "abs"):
+        model = _model("ptrag", sparsity=sparsity).train()
+        torch.manual_seed(5)  # the same sampled gates for both
+        output = model(batch)
+        gates = output.gates
+        gates.retain_grad()
+        output.penalty.backward()
+        gradients[sparsity] = (gates.detach(), gates.grad)
+    (hard, mean_grad), (same_hard, abs_grad) = gradients["mean"], gradients["abs"]
+    assert torch.equal(hard, same_hard) and 0 < hard.mean() < 1
+    skipped = hard == 0
+    assert torch.all(abs_grad[skipped] == 0) and torch.all(mean_grad[skipped] != 0)
+    torch.testing.assert_close(abs_grad[~skipped], mean_grad[~skipped])
 
 
 def _brute_force_energy(x: np.ndarray, y: np.ndarray) -> float:

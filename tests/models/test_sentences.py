@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ptrag_kedro.models import _constants as keys
-from ptrag_kedro.models.responses import ResponseBank
+from ptrag_kedro.models.response_bank import ResponseBank
 from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
 
 

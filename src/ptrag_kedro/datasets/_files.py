@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import AbstractDataset
 from kedro_datasets._typing import TablePreview
+
+from ptrag_kedro.errors import DatasetFileError
 
 _Input = TypeVar("_Input")
 _Output = TypeVar("_Output")
@@ -50,7 +52,7 @@ def check_write_allowed(filepath: Path, write_only_under: Path | None) -> None:
     allowed = write_only_under.resolve()
     target = filepath.resolve()
     if allowed != target and allowed not in target.parents:
-        raise DatasetError(
+        raise DatasetFileError(
             f"{filepath}: refusing to write here; this dataset may only be written under "
             f"{write_only_under} (the demo simulator never overwrites a user's file: run "
             "`kedro run --pipelines=analysis` to analyse it)"
@@ -98,7 +100,7 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
 
     def _require_file(self) -> None:
         if not self._filepath.is_file():
-            raise DatasetError(
+            raise DatasetFileError(
                 f"{self._filepath}: no such {self.file_kind}{missing_hint(self._produced_by)}"
             )
 
@@ -137,7 +139,7 @@ class LocalTableDataset(LocalFileDataset[_Input, _Output]):
         A missing file raises the missing-file error; kedro-viz logs it and shows no preview.
         """
         if nrows < 0:
-            raise DatasetError(f"{self._filepath}: preview nrows must be >= 0, got {nrows}")
+            raise DatasetFileError(f"{self._filepath}: preview nrows must be >= 0, got {nrows}")
         self._require_file()
         return TablePreview(self._head(nrows).to_dict(orient="split"))
 

@@ -9,10 +9,10 @@ from typing import Any, Protocol
 import anndata as ad
 import h5py
 import pandas as pd
-from kedro.io import DatasetError
 
 from ptrag_kedro.datasets._files import LocalTableDataset, check_write_allowed
 from ptrag_kedro.download import RemoteFile
+from ptrag_kedro.errors import DatasetFileError
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,10 @@ class AnnDataDataset(LocalTableDataset[ad.AnnData | H5adWriter | RemoteFile, ad.
             raise self._unreadable(exc) from exc
         return obs.iloc[:nrows]
 
-    def _unreadable(self, exc: Exception) -> DatasetError:
+    def _unreadable(self, exc: Exception) -> DatasetFileError:
         # h5py reports truncation and foreign formats as OSError with a multi-line text.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return DatasetError(
+        return DatasetFileError(
             f"{self._filepath}: not a readable h5ad file (truncated or another format): {reason}"
         )
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import AbstractDataset
+
+from ptrag_kedro.errors import DatasetFileError
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class CheckpointDirectoryDataset(AbstractDataset[None, CheckpointDirectory]):
         return CheckpointDirectory(self._path)
 
     def save(self, data: None) -> None:
-        raise DatasetError(
+        raise DatasetFileError(
             f"{self._path}: checkpoints are written by Lightning during training, not saved"
         )
 

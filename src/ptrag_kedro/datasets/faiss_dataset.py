@@ -6,9 +6,9 @@ import json
 
 import faiss
 import numpy as np
-from kedro.io import DatasetError
 
 from ptrag_kedro.datasets._files import LocalFileDataset
+from ptrag_kedro.errors import DatasetFileError
 from ptrag_kedro.retrieval import RetrievalIndex
 
 
@@ -30,7 +30,7 @@ class FaissIndexDataset(LocalFileDataset[RetrievalIndex, RetrievalIndex]):
                 names = [str(name) for name in stored["names"]]
                 provenance = json.loads(str(stored["provenance"]))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise DatasetError(f"{self._filepath}: unreadable faiss index file: {exc}") from exc
+            raise DatasetFileError(f"{self._filepath}: unreadable faiss index file: {exc}") from exc
         return RetrievalIndex(index=index, names=names, provenance=provenance)
 
     def save(self, data: RetrievalIndex) -> None:

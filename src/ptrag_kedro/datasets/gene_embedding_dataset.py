@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kedro.io import DatasetError
 
 from ptrag_kedro.datasets._files import LocalFileDataset
+from ptrag_kedro.errors import DatasetFileError, one_line
 
 _PICKLE_SUFFIXES = (".pickle", ".pkl")
 _CSV_SUFFIXES = (".csv", ".csv.gz")
@@ -29,7 +29,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        raise DatasetError(
+        raise DatasetFileError(
             f"{self._source}: refusing to unpickle '{module}.{name}'; a gene-embedding pickle "
             "may hold only a dict of symbol -> list of floats"
         )
@@ -40,22 +40,22 @@ def _suffix(path: Path) -> str:
     for suffix in (*_PICKLE_SUFFIXES, *_CSV_SUFFIXES, *_PARQUET_SUFFIXES):
         if name.endswith(suffix):
             return suffix
-    raise DatasetError(
+    raise DatasetFileError(
         f"{path}: unknown gene-embedding format; use .pickle/.pkl, .csv, .csv.gz or .parquet"
     )
 
 
 def _frame_from_mapping(mapping: Any, path: Path) -> pd.DataFrame:
     if not isinstance(mapping, dict) or not mapping:
-        raise DatasetError(f"{path}: expected a non-empty dict of gene symbol -> vector")
+        raise DatasetFileError(f"{path}: expected a non-empty dict of gene symbol -> vector")
     symbols = list(mapping)
     if not all(isinstance(symbol, str) for symbol in symbols):
-        raise DatasetError(f"{path}: every key must be a gene symbol (str)")
+        raise DatasetFileError(f"{path}: every key must be a gene symbol (str)")
     lengths = pd.Series({symbol: len(vector) for symbol, vector in mapping.items()})
     usual = int(lengths.mode().iloc[0])
     odd = lengths[lengths != usual]
     if len(odd):
-        raise DatasetError(
+        raise DatasetFileError(
             f"{path}: vector of '{odd.index[0]}' has {odd.iloc[0]} values where the others have "
             f"{usual} ({len(odd)} symbols affected)"
         )
@@ -111,8 +111,8 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
                     frame = frame.set_index(frame.columns[0])
             frame = frame.astype(np.float32)
         except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise DatasetError(
+            reason = one_line(exc, 200)
+            raise DatasetFileError(
                 f"{self._filepath}: unreadable gene-embedding file: {reason}"
             ) from exc
         frame.index = frame.index.astype(str)

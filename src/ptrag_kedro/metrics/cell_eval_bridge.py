@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ptrag_kedro.expression import ExpressionRows
+from ptrag_kedro.expression_rows import ExpressionRows
 
 
 def cell_eval_pair(

@@ -16,14 +16,11 @@ by the identity for the same reason). Attention goes through
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-NormKind = Literal["layernorm", "rmsnorm"]
-FeedForwardKind = Literal["relu", "gelu", "swiglu"]
+from ptrag_kedro.models.config import FeedForwardKind, ModelConfig, NormKind
 
 #: Llama's RMSNorm epsilon (Hugging Face's default, arc-state's setting)
 RMS_EPS = 1e-6
@@ -132,6 +129,22 @@ class SetTransformer(nn.Module):
             for _ in range(n_layers)
         )
         self.final_norm = make_norm(norm, hidden) if final_norm else nn.Identity()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> SetTransformer:
+        """The transformer a model's settings describe."""
+        return cls(
+            config.hidden_dim,
+            config.n_layers,
+            config.n_heads,
+            head_dim=config.attention_head_dim,
+            intermediate=config.feed_forward_dim,
+            feed_forward=config.feed_forward,
+            norm=config.norm,
+            bias=config.transformer_bias,
+            final_norm=config.final_norm,
+            dropout=config.dropout,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

@@ -40,9 +40,11 @@ import torch
 import torch.distributed as dist
 
 from ptrag_kedro.datasets._files import atomic_write_path
-from ptrag_kedro.models.module import ModelConfig, PerturbationModel
+from ptrag_kedro.errors import UserError, one_line
+from ptrag_kedro.models.config import ModelConfig
+from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
-from ptrag_kedro.models.training import HISTORY_COLUMNS, FitResult, fit
+from ptrag_kedro.models.training import FitResult, fit
 from ptrag_kedro.parameters import TrainingParameters
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ RESULT_WAIT_S = 60.0
 OUTPUT_TAIL_BYTES = 8192
 
 
-class DistributedTrainingError(RuntimeError):
+class DistributedTrainingError(UserError, RuntimeError):
     """A torchrun training job failed; the message names its folder and the cause."""
 
 
@@ -210,7 +212,7 @@ def _failure_cause(job_dir: Path, output: str) -> str:
     the output's last lines, on one line."""
     errors = sorted(job_dir.glob(ERROR_FILE.format(rank="*")), key=lambda p: p.stat().st_mtime)
     if errors:
-        return " ".join(errors[0].read_text().split())
+        return one_line(errors[0].read_text())
     lines = [line.strip() for line in output.replace("\r", "\n").splitlines() if line.strip()]
     return " | ".join(lines[-3:]) or "no output"
 
@@ -230,9 +232,7 @@ def read_result(job_dir: Path, config: ModelConfig, wait_s: float = 0.0) -> FitR
     stored = torch.load(path, map_location="cpu", weights_only=True)
     model = PerturbationModel(config)
     model.load_state_dict(stored["state_dict"])
-    history = pd.DataFrame(stored["history"], columns=HISTORY_COLUMNS).astype(
-        stored["history_dtypes"]
-    )
+    history = pd.DataFrame(stored["history"]).astype(stored["history_dtypes"])
     (job_dir / JOB_FILE).unlink(missing_ok=True)
     return FitResult(
         model.eval(),
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         # For the node's one-line error; the traceback still goes to the output.
         rank = os.environ.get("RANK", "0")
-        message = " ".join(f"rank {rank}: {type(error).__name__}: {error}".split())
+        message = one_line(f"rank {rank}: {type(error).__name__}: {error}")
         if job_dir.is_dir():
             (job_dir / ERROR_FILE.format(rank=rank)).write_text(message + "\n")
         raise

@@ -8,127 +8,19 @@ response slots, G genes, E embedding dimension, H hidden width.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ptrag_kedro.models import _constants as keys
-from ptrag_kedro.models.backbone import FeedForwardKind, NormKind, SetTransformer
+from ptrag_kedro.models.backbone import SetTransformer
+from ptrag_kedro.models.config import ModelConfig
 from ptrag_kedro.models.energy import energy_distance
-
-RetrievalKind = Literal["none", "vanilla", "ptrag", "response"]
-#: replace: the retrieval output *is* the transformer input (the authors' form);
-#: residual: it is added to the STATE input (a cell keeps its own state whatever is retrieved).
-RetrievalForm = Literal["replace", "residual"]
-#: How PT-RAG's gates are set outside training: a seeded Gumbel sample (the authors'), the keep
-#: probability itself, or the more likely choice.
-GateInference = Literal["sampled", "expected", "argmax"]
-#: What PT-RAG sums over kept candidates: Linear (with bias) of the LayerNorm'd concatenation
-#: (the authors'), or a bias-free Linear of the raw concatenation (our first form).
-GateProjection = Literal["layernorm", "raw"]
-#: Gate logits divided by their standard deviation over each sentence, over the whole batch (the
-#: authors' scope), or left alone.
-GateLogitNorm = Literal["sentence_std", "batch_std", "none"]
-#: What the response block's gate reads: each slot's features (kind, similarity, cell count)
-#: only; those and the slot's response with the sentence's cells; or also the query embedding.
-ResponseGate = Literal["features", "content", "query"]
-
-
-def _check_choice(name: str, value: Any, kind: Any) -> None:
-    choices = get_args(kind)
-    if value not in choices:
-        raise ValueError(f"model.{name} must be one of {', '.join(choices)}, not '{value}'")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that builds a :class:`PerturbationModel` (stored beside its weights)."""
-
-    n_genes: int
-    embedding_dim: int
-    hidden_dim: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    #: the transformer (see ``backbone.py``): per-head width (0: hidden_dim / n_heads, so the
-    #: attention width is hidden), feed-forward kind and width (0: 4 x hidden), norm, whether
-    #: its linear maps have biases, and a norm after the last layer. The defaults are torch's
-    #: nn.TransformerEncoderLayer; conf/paper sets the paper's Llama form.
-    head_dim: int = 0
-    feed_forward: FeedForwardKind = "relu"
-    intermediate_dim: int = 0
-    norm: NormKind = "layernorm"
-    transformer_bias: bool = True
-    final_norm: bool = False
-    mlp_layers: int = 2
-    dropout: float = 0.0
-    retrieval: RetrievalKind = "none"
-    retrieval_form: RetrievalForm = "replace"
-    #: PT-RAG gate temperature, and the weight of the mean-gate penalty in the loss
-    tau: float = 0.5
-    sparsity_weight: float = 0.1
-    gate_logit_norm: GateLogitNorm = "sentence_std"
-    gate_projection: GateProjection = "layernorm"
-    gate_inference: GateInference = "sampled"
-    #: the loss is energy_scale x energy distance (+ the penalty): 0.5 is geomloss's energy loss,
-    #: the authors' scale, so their sparsity_weight 0.1 weighs what it weighed there
-    energy_scale: float = 0.5
-    response_gate: ResponseGate = "features"
-    #: initial per-gene gain of the retrieved shift added to the output (0: training starts
-    #: from STATE; 1: from "controls + retrieved shift")
-    response_gain_init: float = 0.0
-    #: in training, hide all slots of one kind from a sentence with this probability (per kind),
-    #: so the model also learns to predict when a source is missing (e.g. a gene screened in
-    #: no other line)
-    response_dropout: float = 0.0
-    #: >0 adds a learned embedding of each control cell's batch (gem group)
-    n_batches: int = 0
-
-    def __post_init__(self) -> None:
-        _check_choice("retrieval", self.retrieval, RetrievalKind)
-        _check_choice("retrieval_form", self.retrieval_form, RetrievalForm)
-        _check_choice("gate_inference", self.gate_inference, GateInference)
-        _check_choice("gate_projection", self.gate_projection, GateProjection)
-        _check_choice("gate_logit_norm", self.gate_logit_norm, GateLogitNorm)
-        _check_choice("response_gate", self.response_gate, ResponseGate)
-        _check_choice("feed_forward", self.feed_forward, FeedForwardKind)
-        _check_choice("norm", self.norm, NormKind)
-        if self.head_dim < 0 or self.intermediate_dim < 0:
-            raise ValueError("model.head_dim and model.intermediate_dim must be >= 0 (0: derived)")
-        if not self.head_dim and self.hidden_dim % self.n_heads:
-            raise ValueError(
-                f"model.hidden_dim {self.hidden_dim} is not divisible by n_heads {self.n_heads} "
-                "(or set model.head_dim)"
-            )
-        if not 0.0 <= self.response_dropout < 1.0:
-            raise ValueError("model.response_dropout must be in [0, 1)")
-        if self.tau <= 0 or self.energy_scale <= 0 or self.sparsity_weight < 0:
-            raise ValueError(
-                "model.tau and model.energy_scale must be > 0 and model.sparsity_weight >= 0"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def transformer(self) -> SetTransformer:
-        """The set-to-set transformer these settings describe."""
-        return SetTransformer(
-            self.hidden_dim,
-            self.n_layers,
-            self.n_heads,
-            head_dim=self.head_dim or self.hidden_dim // self.n_heads,
-            intermediate=self.intermediate_dim or 4 * self.hidden_dim,
-            feed_forward=self.feed_forward,
-            norm=self.norm,
-            bias=self.transformer_bias,
-            final_norm=self.final_norm,
-            dropout=self.dropout,
-        )
 
 
 @dataclass
@@ -139,7 +31,9 @@ class RetrievalOutput:
     gates: torch.Tensor | None = None  # [B, S, K] how much each cell used each candidate
     penalty: torch.Tensor | None = None  # scalar, weighted by sparsity_weight in the loss
     output_shift: torch.Tensor | None = None  # [B, G] added to the decoder's output
-    kept_fraction: torch.Tensor | None = None  # scalar for the logs: how much was retrieved
+    #: scalars the block reports for the logs (e.g. ``kept_fraction``: how much was retrieved);
+    #: the training plan logs every one as ``train_<name>`` / ``val_<name>`` without naming it
+    extra_metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,16 +43,17 @@ class ModelOutput:
     predicted: torch.Tensor  # [B, S, G]
     gates: torch.Tensor | None = None  # [B, S, K]
     penalty: torch.Tensor | None = None
-    kept_fraction: torch.Tensor | None = None
+    extra_metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class LossOutput:
-    """The loss to minimise and its named parts (logged alike for every variant)."""
+    """The loss to minimise, the energy distance, and any other named parts (the gate penalty,
+    the block's diagnostics), logged alike for every variant."""
 
     total: torch.Tensor
     energy: torch.Tensor  # the energy distance itself (not scaled)
-    sparsity: torch.Tensor
+    extra_metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def mlp(
@@ -349,6 +244,27 @@ class PTRAGRetrieval(nn.Module):
             + gates.sum(-1, keepdim=True) * offset
         )
 
+    def direct_parts(
+        self, cells: torch.Tensor, query: torch.Tensor, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The direct computation, materialising the [B, S, K, 3H] concatenation: the scaled
+        (skip, keep) logits [B, S, K, 2] and each pair's projection [B, S, K, H]. Slow and
+        memory-hungry; the reference the decomposed forward is tested and benchmarked against."""
+        b, s, h = cells.shape
+        k = candidates.shape[1]
+        concatenation = torch.cat(
+            [
+                cells[:, :, None, :].expand(b, s, k, h),
+                query[:, None, None, :].expand(b, s, k, h),
+                candidates[:, None, :, :].expand(b, s, k, h),
+            ],
+            dim=-1,
+        )  # [B, S, K, 3H]
+        normalised = self.norm(concatenation)
+        logits = self._scale(self.score_out(self.score_in(normalised)))
+        raw = self.config.gate_projection == "raw"
+        return logits, self.project(concatenation if raw else normalised)
+
     def forward(
         self,
         cells: torch.Tensor,
@@ -365,8 +281,14 @@ class PTRAGRetrieval(nn.Module):
         retrieved = self._kept_sum(gates, cells, query, candidates, mean, std)
         if self.config.retrieval_form == "residual":
             retrieved = cells + query[:, None, :] + retrieved
+        # "abs" is the authors' abs(gates).mean(): the same value, but |x| has no gradient at
+        # a hard skip (exactly 0), so only kept pairs are pushed to close.
+        penalty = gates.abs().mean() if self.config.sparsity == "abs" else gates.mean()
         return RetrievalOutput(
-            retrieved, gates=gates, penalty=gates.mean(), kept_fraction=gates.detach().mean()
+            retrieved,
+            gates=gates,
+            penalty=penalty,
+            extra_metrics={"kept_fraction": gates.detach().mean()},
         )
 
 
@@ -374,7 +296,7 @@ class ResponseRetrieval(nn.Module):
     """Response retrieval (ours): a soft gate over observed train responses, per sentence.
 
     Each slot holds a mean shift from controls of a train (cell line, perturbation), transferred
-    to the query's line (see ``models/responses.py``), with features saying what it is. A scorer
+    to the query's line (see ``models/response_bank.py``), with features saying what it is. A scorer
     gives each slot a score (``response_gate``: from its features alone; or from
     ``LayerNorm([mean cell state, encoded response + features])``; or with the query embedding
     too); a softmax over the slots and a learned "nothing" option turns the scores into weights
@@ -442,7 +364,7 @@ class ResponseRetrieval(nn.Module):
             transformer_input,
             gates=slot_weights[:, None, :].expand(-1, cells.shape[1], -1),
             output_shift=self.output_gain * retrieved,
-            kept_fraction=(1.0 - weights[:, 0]).detach().mean(),
+            extra_metrics={"kept_fraction": (1.0 - weights[:, 0]).detach().mean()},
         )
 
 
@@ -451,13 +373,6 @@ RETRIEVAL_BLOCKS: dict[str, type[nn.Module]] = {
     "vanilla": VanillaRetrieval,
     "ptrag": PTRAGRetrieval,
     "response": ResponseRetrieval,
-}
-#: What each block reads from the batch beyond the controls and the query.
-BLOCK_INPUTS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "vanilla": (keys.CANDIDATES,),
-    "ptrag": (keys.CANDIDATES,),
-    "response": (keys.RESPONSES, keys.RESPONSE_FEATURES, keys.RESPONSE_MASK),
 }
 
 
@@ -475,7 +390,7 @@ class PerturbationModel(nn.Module):
         )
         self.batch_embedding = nn.Embedding(config.n_batches, hidden) if config.n_batches else None
         self.retrieval = RETRIEVAL_BLOCKS[config.retrieval](config)
-        self.transformer = config.transformer()
+        self.transformer = SetTransformer.from_config(config)
         self.decoder = mlp(hidden, hidden, config.n_genes, config.mlp_layers, config.dropout)
 
     def forward(
@@ -500,15 +415,19 @@ class PerturbationModel(nn.Module):
             predicted=predicted,
             gates=retrieved.gates,
             penalty=retrieved.penalty,
-            kept_fraction=retrieved.kept_fraction,
+            extra_metrics=retrieved.extra_metrics,
         )
 
     def loss(self, batch: dict[str, torch.Tensor], output: ModelOutput) -> LossOutput:
         """``energy_scale`` x mean energy distance over sentences (+ the gate penalty)."""
         energy = energy_distance(output.predicted, batch[keys.TARGET]).mean()
         total = self.config.energy_scale * energy
-        sparsity = energy.new_zeros(())
+        extra_metrics = dict(output.extra_metrics)
         if output.penalty is not None:
-            sparsity = output.penalty
-            total = total + self.config.sparsity_weight * sparsity
-        return LossOutput(total=total, energy=energy, sparsity=sparsity)
+            total = total + self.config.sparsity_weight * output.penalty
+            extra_metrics["sparsity"] = output.penalty.detach()
+        return LossOutput(total=total, energy=energy, extra_metrics=extra_metrics)
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of parameters (those that get gradients, by default)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

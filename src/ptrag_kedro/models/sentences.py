@@ -2,13 +2,11 @@
 
 Candidates are looked up per sentence from the precomputed ``retrieval_candidates`` table, never
 searched per cell, and a sentence's candidates never include its own perturbation. Response
-slots come from a :class:`~ptrag_kedro.models.responses.ResponseBank`.
+slots come from a :class:`~ptrag_kedro.models.response_bank.ResponseBank`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,32 +15,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ptrag_kedro.expression import ExpressionRows
+from ptrag_kedro.expression_rows import ExpressionRows
 from ptrag_kedro.models import _constants as keys
-from ptrag_kedro.models.responses import ResponseBank, ResponseSlots, slot_features
-from ptrag_kedro.schema import BATCH, CELL_LINE, PERTURBATION, SPLIT
+from ptrag_kedro.models.config import SentenceSpec
+from ptrag_kedro.models.response_bank import ResponseBank, ResponseSlots, slot_features
+from ptrag_kedro.provenance import check_inputs
+from ptrag_kedro.schema import BATCH, CELL_LINE, PERTURBATION, SPLIT, condition_seed
 
-
-@dataclass(frozen=True)
-class SentenceSpec:
-    """What a model reads per sentence; stored in its record so inference reads the same.
-
-    Args:
-        cell_set_size: S, cells per sentence.
-        candidates_k: GenePT candidates per sentence (vanilla RAG, PT-RAG); 0 for none.
-        response_neighbours: neighbours per neighbour kind in the response slots; 0: no
-            responses are read.
-        same_batch_controls: pair each perturbed cell with a control of its own batch (gem
-            group) when the line has one there.
-    """
-
-    cell_set_size: int
-    candidates_k: int = 0
-    response_neighbours: int = 0
-    same_batch_controls: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+__all__ = ["SentenceGroup", "SentenceSampler", "SentenceSpec", "checked_samplers", "samplers_for"]
 
 
 @dataclass
@@ -293,8 +273,9 @@ class SentenceSampler:
     def _prediction_rng(group: SentenceGroup, seed: int) -> np.random.Generator:
         # Keyed by the group's names: the draw does not depend on S, on the order of groups or
         # on what else was drawn, so every method (and baseline) gets the same controls.
-        key = zlib.crc32(f"{group.cell_line}\x1f{group.perturbation}".encode())
-        return np.random.default_rng([int(seed), key])
+        return np.random.default_rng(
+            [int(seed), condition_seed(group.cell_line, group.perturbation)]
+        )
 
     def prediction_controls(self, index: int, seed: int) -> np.ndarray:
         """The control row paired with each real cell of group ``index`` at prediction."""
@@ -347,3 +328,51 @@ def _candidate_rows(
         target: np.array([embedding_row[name] for name in group["candidate"]], dtype=np.int64)
         for target, group in top.groupby("perturbation", sort=False)
     }
+
+
+def samplers_for(
+    splits: tuple[str, ...],
+    spec: SentenceSpec,
+    screen: ad.AnnData,
+    split_manifest: dict[str, Any],
+    embeddings: pd.DataFrame,
+    candidates: pd.DataFrame,
+    responses: pd.DataFrame | None,
+) -> dict[str, SentenceSampler]:
+    """One sentence sampler per split, all reading X through one :class:`ExpressionRows`."""
+    expression = ExpressionRows.of(screen)
+    return {
+        split: SentenceSampler(
+            screen,
+            embeddings,
+            candidates,
+            split=split,
+            spec=spec,
+            control_label=split_manifest["control_label"],
+            responses=responses,
+            expression=expression,
+        )
+        for split in splits
+    }
+
+
+def checked_samplers(
+    splits: tuple[str, ...],
+    spec: SentenceSpec,
+    screen: ad.AnnData,
+    split_manifest: dict[str, Any],
+    embeddings: pd.DataFrame,
+    candidates: pd.DataFrame,
+    responses: pd.DataFrame,
+) -> tuple[dict[str, str], dict[str, SentenceSampler]]:
+    """Refuse stale inputs (candidates and responses only when the sentences read them), then
+    one sentence sampler per split; returns the inputs' provenance and the samplers."""
+    provenance = check_inputs(
+        screen,
+        split_manifest,
+        embeddings,
+        candidates if spec.candidates_k or spec.response_neighbours else None,
+        responses if spec.response_neighbours else None,
+    )
+    inputs = (screen, split_manifest, embeddings, candidates, responses)
+    return provenance, samplers_for(splits, spec, *inputs)

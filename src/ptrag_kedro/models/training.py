@@ -30,7 +30,15 @@ from ptrag_kedro.schema import CHECKPOINT_PROVENANCE_KEY
 
 logger = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["step", "split", "loss", "energy", "kept_fraction"]
+#: Columns every loss history has; a retrieval block's extra metrics (PT-RAG's
+#: ``kept_fraction``, its gate penalty ``sparsity``) follow, one column each.
+HISTORY_COLUMNS = ["step", "split", "loss", "energy"]
+
+
+def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A loss history from its rows: the fixed columns, then every extra metric by name."""
+    extras = sorted({name for row in rows for name in row} - set(HISTORY_COLUMNS))
+    return pd.DataFrame(rows, columns=[*HISTORY_COLUMNS, *extras])
 
 
 class TrainingPlan(L.LightningModule):
@@ -85,8 +93,8 @@ class TrainingPlan(L.LightningModule):
         synced = self._distributed
         self.log("train_loss", loss.total, prog_bar=True, sync_dist=synced)
         self.log("train_energy", loss.energy, sync_dist=synced)
-        if output.kept_fraction is not None:
-            self.log("train_kept_fraction", output.kept_fraction, prog_bar=True, sync_dist=synced)
+        for name, value in loss.extra_metrics.items():  # whatever the block reports
+            self.log(f"train_{name}", value, sync_dist=synced)
         return loss.total
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
@@ -96,10 +104,10 @@ class TrainingPlan(L.LightningModule):
         # Every rank evaluates the whole validation set; syncing makes the ranks agree exactly
         # (GPU kernels may differ in the last bit), so they select the same best check.
         synced = self._distributed
-        energy = self.model.loss(batch, output).energy
-        self.log("val_energy", energy, prog_bar=True, sync_dist=synced)
-        if output.kept_fraction is not None:
-            self.log("val_kept_fraction", output.kept_fraction, sync_dist=synced)
+        loss = self.model.loss(batch, output)
+        self.log("val_energy", loss.energy, prog_bar=True, sync_dist=synced)
+        for name, value in loss.extra_metrics.items():
+            self.log(f"val_{name}", value, sync_dist=synced)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One fused kernel over all parameters rather than ~10 small ops per tensor: the same
@@ -174,34 +182,49 @@ def validation_batches(
 
 
 class LossHistory(Callback):
-    """Per-step training losses and per-check validation energy; saved in checkpoints."""
+    """Per-step training losses and per-check validation energy, with every extra metric the
+    model's loss reports (``train_<name>`` / ``val_<name>``); saved in checkpoints."""
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
+        self.rows: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _extras(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+        fixed = {f"{prefix}loss", f"{prefix}energy"}
+        return {
+            name.removeprefix(prefix): float(value)
+            for name, value in metrics.items()
+            if name.startswith(prefix) and name not in fixed
+        }
 
     def on_train_batch_end(
         self, trainer: L.Trainer, plan: L.LightningModule, outputs: Any, batch: Any, index: int
     ) -> None:
         metrics = trainer.callback_metrics
-        row = {
-            "step": trainer.global_step,
-            "split": "train",
-            "loss": float(metrics["train_loss"]),
-            "energy": float(metrics["train_energy"]),
-        }
-        if "train_kept_fraction" in metrics:
-            row["kept_fraction"] = float(metrics["train_kept_fraction"])
-        self.rows.append(row)
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "split": "train",
+                "loss": float(metrics["train_loss"]),
+                "energy": float(metrics["train_energy"]),
+                **self._extras(metrics, "train_"),
+            }
+        )
 
     def on_validation_end(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
         if trainer.sanity_checking or "val_energy" not in trainer.callback_metrics:
             return
         metrics = trainer.callback_metrics
         energy = float(metrics["val_energy"])
-        row = {"step": trainer.global_step, "split": "val", "loss": energy, "energy": energy}
-        if "val_kept_fraction" in metrics:
-            row["kept_fraction"] = float(metrics["val_kept_fraction"])
-        self.rows.append(row)
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "split": "val",
+                "loss": energy,
+                "energy": energy,
+                **self._extras(metrics, "val_"),
+            }
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -210,7 +233,7 @@ class LossHistory(Callback):
         self.rows = list(state_dict["rows"])
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+        return history_frame(self.rows)
 
 
 class BestOnValidation(Callback):

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from anndata.io import sparse_dataset, write_elem
+
+from ptrag_kedro.errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class SimulationConfig:
             value = getattr(self, field_.name)
             if isinstance(value, list):
                 object.__setattr__(self, field_.name, tuple(value))
-        self.validate()
+        self._check()
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SimulationConfig:
@@ -106,10 +106,10 @@ class SimulationConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - names)
         if unknown:
-            raise ValueError(f"parameters 'simulation': unknown field(s) {unknown}")
+            raise ParameterError(f"parameters 'simulation': unknown field(s) {unknown}")
         return cls(**params)
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         """Check sizes and ranges; raise naming the field."""
         checks = {
             "cell_lines": len(self.cell_lines) >= 1
@@ -137,7 +137,7 @@ class SimulationConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(
+                raise ParameterError(
                     f"parameters 'simulation': invalid value for '{name}': {getattr(self, name)!r}"
                 )
 
@@ -366,7 +366,6 @@ def _gem_numbers(config: SimulationConfig, n_batches: int) -> np.ndarray:
 
 def plan_screen(config: SimulationConfig) -> ScreenPlan:
     """Draw genes, programmes, baselines and every cell's labels (no counts yet)."""
-    config.validate()
     rng = np.random.default_rng(config.seed)
     biology = _draw_biology(config, rng)
     n_batches = len(config.cell_lines) * config.batches_per_line
@@ -457,19 +456,13 @@ def write_screen_h5ad(config: SimulationConfig, path: str | Path) -> Path:
     Written to a temporary file beside ``path`` and renamed on success.
     """
     from ptrag_kedro.datasets._files import atomic_write_path
+    from ptrag_kedro.h5ad_writer import write_h5ad_in_blocks
 
     plan = plan_screen(config)
     path = Path(path)
+    skeleton = ad.AnnData(obs=plan.obs, var=_var(plan), uns=_uns(plan))
     with atomic_write_path(path) as tmp_path:
-        # The skeleton (obs, var, uns) first, then X appended block by block.
-        ad.AnnData(obs=plan.obs, var=_var(plan), uns=_uns(plan)).write_h5ad(tmp_path)
-        with h5py.File(tmp_path, "a") as handle:
-            for index, block in enumerate(iter_count_blocks(plan)):
-                if index == 0:
-                    write_elem(handle, "X", block)
-                    matrix = sparse_dataset(handle["X"])
-                else:
-                    matrix.append(block)
+        write_h5ad_in_blocks(tmp_path, skeleton, iter_count_blocks(plan), config.n_genes)
     logger.info(
         "Wrote simulated screen %s (%d cells x %d genes)", path, len(plan.obs), config.n_genes
     )

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from kedro.io import DataCatalog, DatasetError, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from ptrag_kedro import h5ad_writer
 from ptrag_kedro.datasets import AnnDataDataset, JSONDataset
 from ptrag_kedro.parameters import FeatureParameters, ObsColumns, SplitParameters
 from ptrag_kedro.pipelines.ingestion import create_pipeline, staged
@@ -284,7 +285,7 @@ def test_a_screen_of_more_than_2_31_values_gets_a_64_bit_indptr(tmp_path: Path) 
     ).write_h5ad(path)
     with h5py.File(path, "a") as handle:
         blocks = (matrix[start : start + 7] for start in range(0, 30, 7))
-        assert staged._append_blocks(handle, blocks, {}, wide_indptr=True) == 30
+        assert h5ad_writer._append_blocks(handle, blocks, {}, wide_indptr=True) == 30
         assert handle["X"]["indptr"].dtype == np.int64
     np.testing.assert_array_equal(ad.read_h5ad(path).X.toarray(), matrix.toarray())
 

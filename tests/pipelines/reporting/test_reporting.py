@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,10 @@ from matplotlib.container import BarContainer
 from scipy.stats import rankdata
 from sklearn.linear_model import Ridge
 
-from ptrag_kedro.expression import dense
+from ptrag_kedro.expression_rows import dense
 from ptrag_kedro.metrics import metric_registry
 from ptrag_kedro.models import PerturbationModel
-from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
+from ptrag_kedro.models.sentences import SentenceSampler
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.pipelines.reporting.baselines import BASELINES, predict_baselines
 from ptrag_kedro.pipelines.reporting.comparison import compare_methods
@@ -33,7 +34,6 @@ from ptrag_kedro.pipelines.reporting.plots import (
     reference_scatter,
 )
 from ptrag_kedro.pipelines.reporting.report import write_report
-from ptrag_kedro.pipelines.training.nodes import load_model_config
 from ptrag_kedro.provenance import StaleArtefactError
 from tests.conftest import train_tiny
 
@@ -95,7 +95,7 @@ def test_predictions_match_the_real_test_cells(trained, prepared_inputs) -> None
     assert (gates["candidate"] != gates["perturbation"]).all()
     # sampled gates from seeded generators: the same predictions every time (a gate drawn from
     # an unseeded stream would make the two runs differ)
-    assert trained["ptrag"][0]["config"]["gate_inference"] == "sampled"
+    assert trained["ptrag"][0].config.gate_inference == "sampled"
     assert gates["gate"].between(0, 1, inclusive="neither").any()  # cells disagreed: sampled
     again, _ = _predict(trained["ptrag"][0], prepared_inputs)
     np.testing.assert_array_equal(again.X, predictions.X)
@@ -146,21 +146,21 @@ def test_inference_switches_dropout_off(trained, prepared_inputs) -> None:
     """A model with dropout predicts the same cells every time, and those of the same weights
     without dropout: prediction runs the module in eval mode."""
     record = trained["state"][0]
-    dropping = {**record, "config": {**record["config"], "dropout": 0.5}}
+    dropping = dataclasses.replace(record, config=dataclasses.replace(record.config, dropout=0.5))
     first, _ = _predict(dropping, prepared_inputs)
     again, _ = _predict(dropping, prepared_inputs)
     np.testing.assert_array_equal(first.X, again.X)
     plain, _ = _predict(record, prepared_inputs)
     np.testing.assert_array_equal(first.X, plain.X)
     # The dropout is real: in training mode two passes over the same sentences differ.
-    module = PerturbationModel(load_model_config(dropping))
-    module.load_state_dict(record["state_dicts"]["0"])
+    module = PerturbationModel(dropping.config)
+    module.load_state_dict(record.state_dicts["0"])
     sampler = SentenceSampler(
         prepared_inputs["screen"],
         prepared_inputs["perturbation_embeddings"],
         prepared_inputs["retrieval_candidates"],
         "test",
-        SentenceSpec(**record["sentences"]),
+        record.sentences,
         prepared_inputs["split_manifest"]["control_label"],
     )
     batch, _ = sampler.prediction_batch(0, REPORTING.seed)
@@ -192,9 +192,9 @@ def test_every_method_predicts_from_the_same_controls(trained, prepared_inputs, 
     for variant, (record, _) in trained.items():
         predictions, gates = _predict(record, prepared_inputs)
         assert gates.empty == (variant in ("state", "vanilla_rag"))
-        for seed in record["state_dicts"]:
+        for seed in record.state_dicts:
             draws.append(predictions.obs[predictions.obs["seed"] == int(seed)])
-    assert len(draws) == sum(len(record["state_dicts"]) for record, _ in trained.values())
+    assert len(draws) == sum(len(record.state_dicts) for record, _ in trained.values())
     baseline_predictions, _ = baselines
     for method in baseline_predictions.obs["method"].cat.categories:
         draws.append(baseline_predictions.obs[baseline_predictions.obs["method"] == method])
@@ -228,7 +228,8 @@ def test_every_method_predicts_from_the_same_controls(trained, prepared_inputs, 
 
 
 def test_a_model_of_another_gene_order_is_refused(trained, prepared_inputs) -> None:
-    record = {**trained["state"][0], "genes": list(reversed(trained["state"][0]["genes"]))}
+    record = trained["state"][0]
+    record = dataclasses.replace(record, genes=list(reversed(record.genes)))
     with pytest.raises(StaleArtefactError, match="another gene order"):
         _predict(record, prepared_inputs)
 
@@ -483,7 +484,7 @@ def test_comparison_paired_tests_report_and_plots(
     curves = [
         (name, seed) for name, history in histories.items() for seed in sorted(set(history["seed"]))
     ]
-    assert len(curves) == sum(len(record["state_dicts"]) for record, _ in trained.values())
+    assert len(curves) == sum(len(record.state_dicts) for record, _ in trained.values())
     assert [line.get_label() for line in train_axis.lines] == [
         f"{name} (seed {seed})" for name, seed in curves
     ]

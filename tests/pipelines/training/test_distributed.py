@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from ptrag_kedro.models import distributed
+from ptrag_kedro.models.sentences import samplers_for
 from ptrag_kedro.models.training import SentenceStream, fit
 from ptrag_kedro.parameters import ParameterError, TrainingParameters
 from ptrag_kedro.pipelines.training import nodes
-from ptrag_kedro.pipelines.training.nodes import make_samplers, sentence_spec
+from ptrag_kedro.pipelines.training.nodes import sentence_spec
 from ptrag_kedro.schema import TRAIN, VAL
 from tests.conftest import PROJECT_ROOT, TINY_BACKBONE, TINY_VARIANTS, tiny_training, train_tiny
 from tests.pipelines.training.ddp_batch_recorder import RECORD_FILE, fingerprint
@@ -40,7 +41,7 @@ def _samplers(inputs: dict, variant: str = "state", **training) -> dict:
         VariantParameters(**TINY_VARIANTS[variant]),
         inputs["retrieval_candidates"],
     )
-    return make_samplers(
+    return samplers_for(
         (TRAIN, VAL),
         spec,
         inputs["screen"],
@@ -138,7 +139,7 @@ def test_one_device_trains_in_the_nodes_process(
 
     monkeypatch.setattr(nodes, "fit_on_processes", refuse)
     record, _, _ = train_tiny(prepared_inputs, tmp_path, "state", max_steps=1)
-    assert record["steps"] == {"0": 1}
+    assert record.steps == {"0": 1}
     assert not distributed.job_folder(tmp_path / "seed_0").exists()
 
 
@@ -244,12 +245,12 @@ def test_two_processes_train_as_one_with_the_global_batch(
         prepared_inputs, tmp_path, "state", batch_size=PER_RANK_BATCH * RANKS
     )
     ddp = ddp_run["record"]
-    assert ddp["steps"] == one["steps"] == {"0": 4}
-    assert ddp["selected_steps"] == one["selected_steps"]
+    assert ddp.steps == one.steps == {"0": 4}
+    assert ddp.selected_steps == one.selected_steps
     pd.testing.assert_frame_equal(ddp_run["history"], one_history, rtol=1e-5)
     differences = [
-        (ddp["state_dicts"]["0"][name] - tensor).abs().max().item()
-        for name, tensor in one["state_dicts"]["0"].items()
+        (ddp.state_dicts["0"][name] - tensor).abs().max().item()
+        for name, tensor in one.state_dicts["0"].items()
     ]
     assert max(differences) < DDP_ATOL, max(differences)
 
@@ -264,11 +265,11 @@ def test_a_ddp_run_resumes_where_it_stopped(prepared_inputs, ddp_run: dict, tmp_
         prepared_inputs, tmp_path, "state", devices=RANKS, max_steps=4, resume=True
     )
     straight = ddp_run["record"]
-    assert resumed["steps"] == straight["steps"] == {"0": 4}
-    assert resumed["selected_steps"] == straight["selected_steps"]
+    assert resumed.steps == straight.steps == {"0": 4}
+    assert resumed.selected_steps == straight.selected_steps
     pd.testing.assert_frame_equal(history, ddp_run["history"], rtol=1e-6, atol=1e-7)
-    for name, tensor in straight["state_dicts"]["0"].items():
-        torch.testing.assert_close(resumed["state_dicts"]["0"][name], tensor, rtol=1e-6, atol=1e-7)
+    for name, tensor in straight.state_dicts["0"].items():
+        torch.testing.assert_close(resumed.state_dicts["0"][name], tensor, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
@@ -324,5 +325,5 @@ def test_two_nodes_train_as_two_processes_of_one(
     assert joined.returncode == 0
     assert shlex.join(other_node) in caplog.text
     pd.testing.assert_frame_equal(history, ddp_run["history"], rtol=1e-6, atol=1e-7)
-    for name, tensor in ddp_run["record"]["state_dicts"]["0"].items():
-        torch.testing.assert_close(record["state_dicts"]["0"][name], tensor, rtol=1e-6, atol=1e-7)
+    for name, tensor in ddp_run["record"].state_dicts["0"].items():
+        torch.testing.assert_close(record.state_dicts["0"][name], tensor, rtol=1e-6, atol=1e-7)

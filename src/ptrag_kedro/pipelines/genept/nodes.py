@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ptrag_kedro.datasets.text_model_dataset import TextModel
+from ptrag_kedro.errors import UserError
 from ptrag_kedro.parameters import GeneptParameters
 from ptrag_kedro.provenance import fingerprint_frame
 from ptrag_kedro.schema import TEST, TRAIN, VAL
@@ -21,7 +22,7 @@ from ptrag_kedro.schema import TEST, TRAIN, VAL
 logger = logging.getLogger(__name__)
 
 
-class GeneEmbeddingError(ValueError):
+class GeneEmbeddingError(UserError, ValueError):
     """Bad gene-embedding input; the message is one line naming the source and the field."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ptrag_kedro.errors import UserError
 from ptrag_kedro.parameters import FeatureParameters, ObsColumns, SplitParameters
 from ptrag_kedro.pipelines.ingestion.hvg import (
     STREAMED_FLAVORS,
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 _CHECK_CHUNK = 1 << 24
 
 
-class ScreenError(ValueError):
+class ScreenError(UserError, ValueError):
     """Bad input screen or split: the message is one line naming the file and the field."""
 
 

@@ -17,12 +17,11 @@ from os import PathLike
 from typing import Any
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from anndata.io import sparse_dataset, write_elem
 
+from ptrag_kedro.h5ad_writer import write_h5ad_in_blocks
 from ptrag_kedro.schema import PROVENANCE_KEY
 
 #: A block of rows: CSR when X is sparse, a float or integer array when it is dense.
@@ -151,48 +150,13 @@ class StagedScreen:
         The caller owns atomicity: ``AnnDataDataset.save`` passes a temporary path and renames
         it only once this returns.
         """
-        options = {"compression": compression, "compression_opts": compression_opts}
-        options = {key: value for key, value in options.items() if value is not None}
         skeleton = ad.AnnData(
             obs=self.obs,
             var=pd.DataFrame(index=self.var_names.copy()),
             uns={PROVENANCE_KEY: self.provenance},
         )
-        skeleton.write_h5ad(path, **options)
-        # A 32-bit indptr cannot count past 2**31 stored values, and anndata refuses to append
-        # beyond it: a screen that could hold that many gets a 64-bit one from the first block.
-        wide_indptr = self.n_obs * self.n_vars >= np.iinfo(np.int32).max
-        with h5py.File(path, "a") as handle:
-            written = _append_blocks(handle, self.x_blocks(), options, wide_indptr)
-        if written != self.n_obs:
-            raise RuntimeError(f"{path}: wrote {written} rows of X for {self.n_obs} cells")
-
-
-def _append_blocks(
-    handle: h5py.File, blocks: Iterator[Block], options: dict[str, Any], wide_indptr: bool
-) -> int:
-    """Write ``blocks`` one under another as the file's X; the number of rows written."""
-    written, matrix = 0, None
-    for block in blocks:
-        if matrix is None:
-            if sp.issparse(block):
-                first = sp.csr_matrix(block, copy=wide_indptr)
-                if wide_indptr:
-                    first.indptr = first.indptr.astype(np.int64)
-                write_elem(handle, "X", first, dataset_kwargs=options)
-                matrix = sparse_dataset(handle["X"])
-            else:
-                # Resizable along rows: later blocks extend it in place.
-                dense_options = {**options, "maxshape": (None, block.shape[1])}
-                write_elem(handle, "X", np.asarray(block), dataset_kwargs=dense_options)
-                matrix = handle["X"]
-        elif sp.issparse(block):
-            matrix.append(sp.csr_matrix(block))
-        else:
-            matrix.resize(written + block.shape[0], axis=0)
-            matrix[written:] = block
-        written += block.shape[0]
-    return written
+        options = {"compression": compression, "compression_opts": compression_opts}
+        write_h5ad_in_blocks(path, skeleton, self.x_blocks(), self.n_vars, options)
 
 
 def row_blocks(matrix: Any, rows: np.ndarray, block_rows: int) -> Iterator[tuple[slice, Block]]:

@@ -18,7 +18,6 @@ Every baseline starts from the same control cells the models predicted from (the
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +27,12 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
 
-from ptrag_kedro.expression import ExpressionRows
-from ptrag_kedro.models.sentences import SentenceGroup, SentenceSpec
+from ptrag_kedro.expression_rows import ExpressionRows
+from ptrag_kedro.models.sentences import SentenceGroup, SentenceSpec, samplers_for
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.pipelines.reporting.inference import block_obs, predictions_anndata
-from ptrag_kedro.pipelines.training.nodes import make_samplers
-from ptrag_kedro.responses import mean_shifts
-from ptrag_kedro.schema import CELL_LINE, PERTURBATION, SPLIT, TEST, TRAIN, VAL
+from ptrag_kedro.schema import CELL_LINE, PERTURBATION, SPLIT, TEST, TRAIN, VAL, condition_seed
+from ptrag_kedro.shifts import mean_shifts
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +169,7 @@ def predict_baselines(
         raise ValueError(f"reporting.baselines: unknown {unknown}; known: {sorted(BASELINES)}")
     data = baseline_data(screen, perturbation_embeddings, reporting)
     spec = SentenceSpec(cell_set_size=1, same_batch_controls=reporting.same_batch_controls)
-    sampler = make_samplers(
+    sampler = samplers_for(
         (TEST,), spec, screen, split_manifest, perturbation_embeddings, pd.DataFrame(), None
     )[TEST]
     cell_names = screen.obs_names.to_numpy()
@@ -179,7 +177,7 @@ def predict_baselines(
     for index, group in enumerate(sampler.groups):
         control_rows = sampler.prediction_controls(index, reporting.seed)
         controls = sampler.expression[control_rows]
-        key = zlib.crc32(f"{group.cell_line}\x1f{group.perturbation}".encode())
+        key = condition_seed(group.cell_line, group.perturbation)
         rng = np.random.default_rng([reporting.seed, key, 1])
         for method in reporting.baselines:
             blocks.append(BASELINES[method](data, group, sampler.expression, controls, rng))

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
-from ptrag_kedro.expression import ExpressionRows, dense
+from ptrag_kedro.expression_rows import ExpressionRows, dense
 from ptrag_kedro.metrics import MetricInputs, MetricSpec, evaluate, metric_registry
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.schema import CELL_LINE, CONTROL, PERTURBATION, SPLIT, TEST

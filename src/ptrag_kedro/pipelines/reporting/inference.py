@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import zlib
 from typing import Any
 
 import anndata as ad
@@ -20,11 +19,17 @@ import pandas as pd
 import torch
 
 from ptrag_kedro.models import PerturbationModel
-from ptrag_kedro.models.sentences import SentenceGroup, SentenceSampler, SentenceSpec
+from ptrag_kedro.models.record import ModelRecord
+from ptrag_kedro.models.sentences import SentenceGroup, SentenceSampler, checked_samplers
 from ptrag_kedro.parameters import ReportingParameters
-from ptrag_kedro.pipelines.training.nodes import checked_samplers, load_model_config
-from ptrag_kedro.provenance import StaleArtefactError
-from ptrag_kedro.schema import CELL_LINE, CONTROL_CELL, GATE_COLUMNS, PERTURBATION, TEST
+from ptrag_kedro.schema import (
+    CELL_LINE,
+    CONTROL_CELL,
+    GATE_COLUMNS,
+    PERTURBATION,
+    TEST,
+    condition_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +67,6 @@ def block_obs(
     )
 
 
-def _check_model(model: dict[str, Any], screen: ad.AnnData, provenance: dict[str, str]) -> None:
-    if model["genes"] != [str(gene) for gene in screen.var_names]:
-        raise StaleArtefactError(
-            "the model was trained on another gene order; retrain it with "
-            "`kedro run --pipelines=training`"
-        )
-    for key, value in provenance.items():
-        if model["provenance"].get(key) != value:
-            raise StaleArtefactError(
-                f"the model was trained on another {key.replace('_', ' ')} "
-                f"({model['provenance'].get(key)}, now {value}); retrain it with "
-                "`kedro run --pipelines=training`"
-            )
-
-
 def _gate_rows(
     sampler: SentenceSampler,
     index: int,
@@ -106,8 +96,7 @@ def _gate_rows(
 
 
 def _generator(device: torch.device, *parts: Any) -> torch.Generator:
-    key = zlib.crc32("\x1f".join(map(str, parts)).encode())
-    return torch.Generator(device=device).manual_seed(key)
+    return torch.Generator(device=device).manual_seed(condition_seed(*parts))
 
 
 def _predict_one_model(
@@ -135,7 +124,7 @@ def _predict_one_model(
 
 
 def predict_test_cells(
-    model: dict[str, Any],
+    model: ModelRecord,
     screen: ad.AnnData,
     perturbation_embeddings: pd.DataFrame,
     retrieval_candidates: pd.DataFrame,
@@ -149,10 +138,7 @@ def predict_test_cells(
     per condition, so predictions are reproducible). Returns the predictions and the gates
     table (per seed, condition and candidate: the mean gate; empty for a model without gates).
     """
-    config = load_model_config(model)
-    spec = dataclasses.replace(
-        SentenceSpec(**model["sentences"]), same_batch_controls=reporting.same_batch_controls
-    )
+    spec = dataclasses.replace(model.sentences, same_batch_controls=reporting.same_batch_controls)
     provenance, samplers = checked_samplers(
         (TEST,),
         spec,
@@ -162,17 +148,15 @@ def predict_test_cells(
         retrieval_candidates,
         perturbation_responses,
     )
-    _check_model(model, screen, provenance)
+    model.check_inputs(list(screen.var_names), provenance)
     sampler = samplers[TEST]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     blocks, obs_rows, gate_rows = [], [], []
-    for seed, state_dict in model["state_dicts"].items():
-        module = PerturbationModel(config)
-        module.load_state_dict(state_dict)
+    for seed, module in model.modules():
         seed_blocks, seed_obs, seed_gates = _predict_one_model(
             module.to(device).eval(),
             sampler,
-            int(seed),
+            seed,
             reporting.seed,
             screen.obs_names.to_numpy(),
             np.asarray(perturbation_embeddings.index),
@@ -181,8 +165,8 @@ def predict_test_cells(
         obs_rows += seed_obs
         gate_rows += seed_gates
     predictions = predictions_anndata(blocks, obs_rows, screen)
-    predictions.uns["method"] = {"retrieval": config.retrieval}
-    predictions.uns["provenance"] = dict(model["provenance"])
+    predictions.uns["method"] = {"retrieval": model.config.retrieval}
+    predictions.uns["provenance"] = dict(model.provenance)
     gates = (
         pd.concat(gate_rows, ignore_index=True) if gate_rows else pd.DataFrame(columns=GATE_COLUMNS)
     )

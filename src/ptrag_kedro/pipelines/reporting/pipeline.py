@@ -20,7 +20,7 @@ from ptrag_kedro.pipelines.reporting.plots import (
     reference_scatter,
 )
 from ptrag_kedro.pipelines.reporting.report import write_report
-from ptrag_kedro.pipelines.training.pipeline import SHARED_INPUTS
+from ptrag_kedro.schema import MODEL_INPUTS
 from ptrag_kedro.variants import variant_names
 
 
@@ -56,7 +56,7 @@ def variant_reporting(variant: str) -> Pipeline:
     return pipeline(
         base,
         namespace=variant,
-        inputs=SHARED_INPUTS,
+        inputs=set(MODEL_INPUTS),
         # Read by the comparison across variants: public names, not `<variant>.metrics`
         # (Kedro keeps dotted names for datasets used inside their namespace).
         outputs={"metrics": f"{variant}_metrics", "gates": f"{variant}_gates"},

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ptrag_kedro.errors import UserError
 from ptrag_kedro.parameters import RetrievalParameters
 from ptrag_kedro.plotting import new_figure
 from ptrag_kedro.provenance import require_same
-from ptrag_kedro.responses import response_table
 from ptrag_kedro.retrieval import RetrievalIndex, build_index, l2_normalise, search
 from ptrag_kedro.schema import CELL_LINE, PERTURBATION, PROVENANCE_KEY, TRAIN
+from ptrag_kedro.shifts import response_table
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 PAPER_K = 32
 
 
-class RetrievalError(ValueError):
+class RetrievalError(UserError, ValueError):
     """Bad retrieval configuration; the message is one line naming the parameter."""
 
 

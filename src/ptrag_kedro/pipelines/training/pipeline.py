@@ -11,15 +11,8 @@ from collections.abc import Iterable
 from kedro.pipeline import Pipeline, node, pipeline
 
 from ptrag_kedro.pipelines.training.nodes import train_model
+from ptrag_kedro.schema import MODEL_INPUTS
 from ptrag_kedro.variants import variant_names
-
-SHARED_INPUTS = {
-    "screen",
-    "perturbation_embeddings",
-    "retrieval_candidates",
-    "perturbation_responses",
-    "split_manifest",
-}
 
 
 def _base() -> Pipeline:
@@ -49,7 +42,7 @@ def variant_pipeline(variant: str) -> Pipeline:
     return pipeline(
         _base(),
         namespace=variant,
-        inputs=SHARED_INPUTS,
+        inputs=set(MODEL_INPUTS),
         # Read outside the namespace (loss curves): a public name, not `<variant>.loss_history`.
         outputs={"loss_history": f"{variant}_loss_history"},
         parameters={

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from ptrag_kedro.expression import ExpressionRows, dense, stored_bytes
+from ptrag_kedro.expression_rows import ExpressionRows, dense, stored_bytes
 from ptrag_kedro.models.sentences import SentenceSampler, SentenceSpec
-from ptrag_kedro.responses import group_means
 from ptrag_kedro.schema import CONTROL, TRAIN, VAL
+from ptrag_kedro.shifts import group_means
 
 
 def _backed(screen: ad.AnnData, path: Path, sparse: bool) -> ad.AnnData:

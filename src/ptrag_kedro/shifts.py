@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ptrag_kedro.expression import ExpressionRows
+from ptrag_kedro.expression_rows import ExpressionRows
 from ptrag_kedro.schema import CELL_LINE, CONTROL, PERTURBATION, RESPONSE_COLUMNS, SPLIT, TRAIN
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ptrag_kedro.models import _constants as keys
-from ptrag_kedro.models.responses import ResponseBank
+from ptrag_kedro.models.response_bank import ResponseBank
 from ptrag_kedro.pipelines.retrieval_index.nodes import build_perturbation_responses
 
 NEIGHBOURS = 3

@@ -1,0 +1,67 @@
+"""An h5ad file written block by block: obs, var and uns first, then X appended a block of rows
+at a time, so a screen larger than memory is never whole. Ingestion's staged screen and the
+simulator's streamed screen both write through it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from os import PathLike
+from typing import Any
+
+import anndata as ad
+import h5py
+import numpy as np
+import scipy.sparse as sp
+from anndata.io import sparse_dataset, write_elem
+
+
+def write_h5ad_in_blocks(
+    path: str | PathLike,
+    skeleton: ad.AnnData,
+    blocks: Iterable[Any],
+    n_vars: int,
+    dataset_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Write ``skeleton`` (an AnnData without X: obs, var, uns) to ``path``, then ``blocks``
+    (sparse or dense, ``n_vars`` columns each) one under another as its X.
+
+    The caller owns atomicity (write to a temporary path, rename on success). Refuses a file
+    whose rows of X do not match ``skeleton``'s cells.
+    """
+    options = {key: value for key, value in (dataset_kwargs or {}).items() if value is not None}
+    skeleton.write_h5ad(path, **options)
+    n_obs = skeleton.n_obs
+    # A 32-bit indptr cannot count past 2**31 stored values, and anndata refuses to append
+    # beyond it: a screen that could hold that many gets a 64-bit one from the first block.
+    wide_indptr = n_obs * n_vars >= np.iinfo(np.int32).max
+    with h5py.File(path, "a") as handle:
+        written = _append_blocks(handle, blocks, options, wide_indptr)
+    if written != n_obs:
+        raise RuntimeError(f"{path}: wrote {written} rows of X for {n_obs} cells")
+
+
+def _append_blocks(
+    handle: h5py.File, blocks: Iterable[Any], options: dict[str, Any], wide_indptr: bool
+) -> int:
+    """Write ``blocks`` one under another as the file's X; the number of rows written."""
+    written, matrix = 0, None
+    for block in blocks:
+        if matrix is None:
+            if sp.issparse(block):
+                first = sp.csr_matrix(block, copy=wide_indptr)
+                if wide_indptr:
+                    first.indptr = first.indptr.astype(np.int64)
+                write_elem(handle, "X", first, dataset_kwargs=options)
+                matrix = sparse_dataset(handle["X"])
+            else:
+                # Resizable along rows: later blocks extend it in place.
+                dense_options = {**options, "maxshape": (None, block.shape[1])}
+                write_elem(handle, "X", np.asarray(block), dataset_kwargs=dense_options)
+                matrix = handle["X"]
+        elif sp.issparse(block):
+            matrix.append(sp.csr_matrix(block))
+        else:
+            matrix.resize(written + block.shape[0], axis=0)
+            matrix[written:] = block
+        written += block.shape[0]
+    return written
