@@ -190,6 +190,18 @@ class VariantParameters:
         return int(self.candidates_k)
 
 
+#: Every baseline ``reporting.baselines`` may name (defined in pipelines/reporting/baselines.py).
+BASELINE_NAMES = (
+    "control_mean",
+    "perturbation_mean",
+    "context",
+    "linear",
+    "line_linear",
+    "additive",
+    "neighbour_mean",
+)
+
+
 @dataclass(frozen=True)
 class ReportingParameters:
     """``reporting``: predictions, baselines, metrics and the paired comparison."""
@@ -197,29 +209,67 @@ class ReportingParameters:
     seed: int = 0
     same_batch_controls: bool = False
     n_pcs: int = 50
-    de_top_n: int = 100
+    #: DE genes (de_overlap_fdr): Wilcoxon test against the controls, Benjamini-Hochberg FDR
+    de_fdr: float = 0.05
     baselines: tuple[str, ...] = (
         "control_mean",
         "perturbation_mean",
         "context",
         "linear",
         "line_linear",
+        "additive",
+        "neighbour_mean",
     )
     ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
+    #: neighbour_mean: the neighbour counts k it chooses from on the val groups
+    neighbour_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     reference_variant: str = "state"
+    #: family-wise level of the paired tests (Holm-corrected across the table)
     significance: float = 0.05
+    #: hierarchical bootstrap resamples (p-values resolve to 1 / (resamples + 1))
+    bootstrap_resamples: int = 10_000
+    #: equivalence (TOST) margins, set before any result is seen: a difference within this
+    #: fraction of the comparator's mean (distances, errors), or within this much (scores)
+    relative_margin: float = 0.02
+    absolute_margin: float = 0.01
 
     def __post_init__(self) -> None:
+        for name in ("baselines", "ridge_alphas", "neighbour_ks"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, list | tuple),
+                f"reporting.{name} must be a list, got {value!r}",
+            )
         _set(self, "baselines", tuple(str(name) for name in self.baselines))
         _set(self, "ridge_alphas", tuple(float(alpha) for alpha in self.ridge_alphas))
+        _set(self, "neighbour_ks", tuple(int(k) for k in self.neighbour_ks))
         _require(len(self.baselines) > 0, "reporting.baselines must name at least one baseline")
+        unknown = sorted(set(self.baselines) - set(BASELINE_NAMES))
+        _require(
+            not unknown,
+            f"reporting.baselines must be among {list(BASELINE_NAMES)}, got unknown {unknown}",
+        )
+        _require(
+            len(self.neighbour_ks) > 0 and min(self.neighbour_ks) >= 1,
+            f"reporting.neighbour_ks must be a non-empty list of integers >= 1, got "
+            f"{list(self.neighbour_ks)}",
+        )
         _require(self.n_pcs >= 1, "reporting.n_pcs must be >= 1")
-        _require(self.de_top_n >= 1, "reporting.de_top_n must be >= 1")
+        _require(0 < self.de_fdr < 1, f"reporting.de_fdr must be in (0, 1), got {self.de_fdr!r}")
         _require(
             len(self.ridge_alphas) > 0 and min(self.ridge_alphas) > 0,
             "reporting.ridge_alphas must be a non-empty list of positive values",
         )
         _require(0 < self.significance < 1, "reporting.significance must be in (0, 1)")
+        _require(
+            isinstance(self.bootstrap_resamples, int) and self.bootstrap_resamples >= 100,
+            f"reporting.bootstrap_resamples must be an integer >= 100, got "
+            f"{self.bootstrap_resamples!r}",
+        )
+        _require(
+            self.relative_margin > 0 and self.absolute_margin > 0,
+            "reporting.relative_margin and reporting.absolute_margin must be > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -265,27 +315,61 @@ class FeatureParameters:
         _require(self.normalize_target_sum > 0, "ingestion.features.normalize_target_sum > 0")
 
 
-SplitMode = Literal["few_shot", "zero_shot"]
+SplitMode = Literal["few_shot", "zero_shot", "unseen_gene"]
+#: unseen_gene: the (line, gene) groups of val/test genes outside the held-out line are
+#: withheld (dropped from the screen: nothing reads them) or evaluated too (val/test there).
+OtherLines = Literal["withhold", "evaluate"]
 
 
 @dataclass(frozen=True)
 class SplitParameters:
-    """``ingestion.split``: which line is held out and how its perturbations are split."""
+    """``ingestion.split``: which line is held out and how its perturbations are split.
 
-    heldout_cell_line: str
+    - ``few_shot``: the held-out line's perturbations go to val/test; each stays train in the
+      other lines (the paper's setting).
+    - ``zero_shot``: the whole held-out line is test; val is a fraction of the other lines' pairs.
+    - ``unseen_gene``: val and test are disjoint *gene* sets, train in no line at all (GEARS'
+      ``unseen_single``). They are drawn among the held-out line's genes, or among every line's
+      genes when ``heldout_cell_line`` is empty (then every line evaluates them); their groups
+      in the other lines are withheld or evaluated (``other_lines``).
+    """
+
+    heldout_cell_line: str | None
     mode: SplitMode = "few_shot"
     val_fraction: float = 0.1
     test_fraction: float = 0.3
     seed: int = 0
     #: the val/test lists' file (recorded in the manifest; the catalog's ``split_lists`` reads it)
     split_file: str | None = None
+    other_lines: OtherLines = "withhold"
 
     def __post_init__(self) -> None:
-        _set(self, "heldout_cell_line", str(self.heldout_cell_line).strip())
+        line = "" if self.heldout_cell_line is None else str(self.heldout_cell_line).strip()
+        _set(self, "heldout_cell_line", "" if line.lower() in ("", "none", "null") else line)
         _require(
             self.mode in get_args(SplitMode),
-            f"ingestion.split.mode must be few_shot or zero_shot, not '{self.mode}'",
+            f"ingestion.split.mode must be one of {', '.join(get_args(SplitMode))}, "
+            f"got {self.mode!r}",
         )
+        _require(
+            self.other_lines in get_args(OtherLines),
+            f"ingestion.split.other_lines must be withhold or evaluate, got {self.other_lines!r}",
+        )
+        _require(
+            bool(self.heldout_cell_line) or self.mode == "unseen_gene",
+            f"ingestion.split.heldout_cell_line must name a cell line in mode {self.mode} "
+            "(only unseen_gene can hold out genes of every line)",
+        )
+        _require(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool),
+            f"ingestion.split.seed must be an integer, got {self.seed!r}",
+        )
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            _require(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                f"ingestion.split.{name} must be a number in [0, 1], got {value!r}",
+            )
         _require(
             0 <= self.val_fraction <= 1
             and 0 <= self.test_fraction <= 1

@@ -12,6 +12,9 @@ import zlib
 PERTURBATION, CELL_LINE, BATCH, SPLIT = "perturbation", "cell_line", "batch", "split"
 #: Values of the ``split`` column (controls of every line stay available as basal cells).
 TRAIN, VAL, TEST, CONTROL = "train", "val", "test", "control"
+#: Manifest key of the (line, gene) groups an ``unseen_gene`` split drops from the screen: those
+#: of val/test genes outside the held-out line, which nothing may learn from.
+WITHHELD = "withheld"
 
 #: ``screen.uns`` key holding the screen's provenance (raw file, feature path, fingerprint).
 PROVENANCE_KEY = "ptrag"

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from ptrag_kedro.errors import ParameterError
 from ptrag_kedro.simulation import (
     CONTROL_LABEL,
     SimulationConfig,
@@ -260,3 +261,184 @@ def test_config_rejects_unknown_and_bad_fields() -> None:
         SimulationConfig.from_params({"n_cells": 5})
     with pytest.raises(ValueError, match="'control_fraction'"):
         SimulationConfig.from_params({"control_fraction": 1.5})
+
+
+def test_interaction_off_is_the_screen_without_it(tiny_config: SimulationConfig) -> None:
+    """Weight 0 gives the defaults' screen and embeddings bit for bit, whatever the other fields."""
+    assert SimulationConfig().interaction_weight == 0.0  # off by default
+    default = tiny_config
+    off = SimulationConfig.from_params(
+        {
+            **tiny_config.to_dict(),
+            "interaction_weight": 0.0,
+            "interaction_topics": 7,
+            "interaction_embedding_weight": 3.0,
+        }
+    )
+    plans = [plan_screen(default), plan_screen(off)]
+    screens = [simulate_screen(plan) for plan in plans]
+    assert (screens[0].X != screens[1].X).nnz == 0
+    pd.testing.assert_frame_equal(screens[0].obs, screens[1].obs)
+    pd.testing.assert_frame_equal(screens[0].var, screens[1].var)
+    assert screens[0].uns == screens[1].uns
+    # The record of an off screen is that of the simulator without the interaction fields.
+    assert not {name for name in screens[1].uns["simulation"]["config"] if "interaction" in name}
+    old_columns = [
+        "module",
+        "embedding_module",
+        "misleading_embedding",
+        "effect_strength",
+        "perturbed",
+    ]
+    assert list(plans[1].genes.columns) == [*old_columns, "interaction_topic"]
+    pd.testing.assert_frame_equal(plans[0].genes[old_columns], plans[1].genes[old_columns])
+    embeddings = [simulate_gene_embeddings(config, plans[0].genes) for config in (default, off)]
+    np.testing.assert_array_equal(embeddings[0].to_numpy(), embeddings[1].to_numpy())
+
+
+def test_interaction_moves_only_its_own_draws(tiny_config: SimulationConfig) -> None:
+    """On, only module genes' groups and embeddings change; topics do not depend on the weight."""
+    settings = {**tiny_config.to_dict(), "interaction_topics": 2}
+    off_config = SimulationConfig.from_params(settings)
+    on_config = SimulationConfig.from_params({**settings, "interaction_weight": 1.0})
+    off_plan, on_plan = plan_screen(off_config), plan_screen(on_config)
+    off, on = simulate_screen(off_plan), simulate_screen(on_plan)
+    pd.testing.assert_frame_equal(off.obs, on.obs)
+    pd.testing.assert_frame_equal(off_plan.genes, on_plan.genes)
+    genes = on_plan.genes
+    topic, module = genes["interaction_topic"].to_numpy(), genes["module"].to_numpy()
+    np.testing.assert_array_equal(topic == -1, module == -1)
+    assert set(topic[module >= 0]) == {0, 1}
+    np.testing.assert_array_equal(gene_module_table(genes)["interaction_topic"], topic)
+    changed = (off.X != on.X).tocsr()
+    labels = on.obs["gene"].astype(str).to_numpy()
+    from_module = np.isin(labels, genes.index[module >= 0])
+    assert changed[~from_module].nnz == 0  # controls and background perturbations untouched
+    assert changed[from_module].nnz > 0
+    vectors = [
+        simulate_gene_embeddings(config, genes).to_numpy() for config in (off_config, on_config)
+    ]
+    np.testing.assert_array_equal(vectors[0][module == -1], vectors[1][module == -1])
+    assert not np.allclose(vectors[0][module >= 0], vectors[1][module >= 0])
+
+
+def _pair_statistics(config: SimulationConfig, line: str = "hepg2") -> dict[str, float]:
+    """Over pairs of strong module perturbations of one line: same (module, topic) vs same module.
+
+    Shifts are noise-free (the plan's group log means minus the line's control log mean); the two
+    targets' own columns are left out of each correlation.
+    """
+    plan = plan_screen(config)
+    embeddings = simulate_gene_embeddings(config, plan.genes)
+    first_rows = plan.obs.iloc[plan.group_starts]
+    in_line = np.flatnonzero((first_rows["cell_line"] == line).to_numpy())
+    labels = first_rows["gene"].astype(str).to_numpy()
+    control = next(group for group in in_line if labels[group] == CONTROL_LABEL)
+    genes = plan.genes
+    names, shifts = [], []
+    for group in in_line:
+        name = labels[group]
+        if name != CONTROL_LABEL and genes.loc[name, "module"] >= 0:
+            if genes.loc[name, "effect_strength"] > 0.5:
+                names.append(name)
+                shifts.append(plan.group_log_means[group] - plan.group_log_means[control])
+    module = genes.loc[names, "module"].to_numpy()
+    topic = genes.loc[names, "interaction_topic"].to_numpy()
+    vectors = embeddings.loc[names].to_numpy()
+    columns = genes.index.get_indexer(names)
+    same_topic: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if module[i] != module[j]:
+                continue
+            keep = np.ones(len(genes), dtype=bool)
+            keep[[columns[i], columns[j]]] = False
+            r = np.corrcoef(shifts[i][keep], shifts[j][keep])[0, 1]
+            same_topic[bool(topic[i] == topic[j])].append((r, float(vectors[i] @ vectors[j])))
+    pair, module_only = np.array(same_topic[True]), np.array(same_topic[False])
+    assert len(pair) >= 20 and len(module_only) >= 20
+    r_gap, cos_gap = pair.mean(axis=0) - module_only.mean(axis=0)
+    return {"r_gap": float(r_gap), "cos_gap": float(cos_gap)}
+
+
+def test_genes_sharing_module_and_topic_respond_alike() -> None:
+    """On, a (module, topic) pair shares a programme and its embeddings are closer; off, not."""
+    settings = {"systematic_effect": 0.0}  # the demo's sizes; the line-wide shift tested apart
+    off = _pair_statistics(SimulationConfig.from_params(settings))
+    on = _pair_statistics(SimulationConfig.from_params({**settings, "interaction_weight": 1.0}))
+    # Off, the topic is invisible: same-topic pairs are ordinary same-module pairs.
+    assert abs(off["r_gap"]) < 0.05
+    assert on["r_gap"] > 0.2
+    # The topic direction draws the pair together (off, the gap is seed noise of about +-0.03).
+    assert on["cos_gap"] > off["cos_gap"] + 0.03
+
+
+def test_interaction_is_not_additive_in_module_and_topic() -> None:
+    """The pair's programme is what a sum of a module part and a topic part cannot fit.
+
+    Least squares of the noise-free shifts of one line's module perturbations on one-hot module +
+    one-hot topic (what a linear map of the embedding sees) against one-hot (module, topic): the
+    extra share of variance explained by the pair is large only with the interaction on.
+    """
+
+    def extra_share(weight: float) -> float:
+        config = SimulationConfig(systematic_effect=0.0, interaction_weight=weight)
+        plan = plan_screen(config)
+        first_rows = plan.obs.iloc[plan.group_starts]
+        labels = first_rows["gene"].astype(str).to_numpy()
+        in_line = np.flatnonzero((first_rows["cell_line"] == "k562").to_numpy())
+        control = next(group for group in in_line if labels[group] == CONTROL_LABEL)
+        genes = plan.genes
+        rows = [
+            g for g in in_line if labels[g] != CONTROL_LABEL and genes.loc[labels[g], "module"] >= 0
+        ]
+        names = labels[rows]
+        strength = genes.loc[names, "effect_strength"].to_numpy()[:, None]
+        shifts = np.stack([plan.group_log_means[g] - plan.group_log_means[control] for g in rows])
+        shifts = shifts / strength  # the effect strength only scales a response
+        shifts[np.arange(len(rows)), genes.index.get_indexer(names)] = 0.0  # knockdown column
+        module = genes.loc[names, "module"].to_numpy()
+        topic = genes.loc[names, "interaction_topic"].to_numpy()
+        additive = np.hstack(
+            [np.eye(config.n_modules)[module], np.eye(config.interaction_topics)[topic][:, 1:]]
+        )
+        pair = np.eye(config.n_modules * config.interaction_topics)[
+            module * config.interaction_topics + topic
+        ]
+        total = ((shifts - shifts.mean(0)) ** 2).sum()
+
+        def residual(design: np.ndarray) -> float:
+            coefficients = np.linalg.lstsq(design, shifts, rcond=None)[0]
+            return float(((shifts - design @ coefficients) ** 2).sum())
+
+        return (residual(additive) - residual(pair)) / total
+
+    off, on = extra_share(0.0), extra_share(1.0)
+    assert on > 0.1
+    assert on > 3 * off
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("interaction_topics", 0),
+        ("interaction_topics", 2.5),
+        ("interaction_topics", True),
+        ("interaction_weight", -0.1),
+        ("interaction_weight", float("nan")),
+        ("interaction_weight", float("inf")),
+        ("interaction_weight", "1"),
+        ("interaction_embedding_weight", -1.0),
+        ("interaction_embedding_weight", None),
+    ],
+)
+def test_config_rejects_bad_interaction_fields(name: str, value: object) -> None:
+    with pytest.raises(ParameterError, match=f"invalid value for '{name}'"):
+        SimulationConfig.from_params({name: value})
+
+
+def test_config_accepts_edge_interaction_fields() -> None:
+    config = SimulationConfig.from_params(
+        {"interaction_topics": 1, "interaction_weight": 0, "interaction_embedding_weight": 0}
+    )
+    assert config.interaction_topics == 1 and config.interaction_weight == 0

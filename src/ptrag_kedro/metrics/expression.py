@@ -26,15 +26,16 @@ def pearson_delta(
 
 
 def pearson_delta_context(
-    real_mean: np.ndarray, predicted_mean: np.ndarray, perturbed_mean: np.ndarray
+    real_mean: np.ndarray, predicted_mean: np.ndarray, reference_mean: np.ndarray
 ) -> float:
-    """Pearson r of the predicted and real shift from the line's average *perturbed* cell.
+    """Pearson r of the predicted and real shift from Systema's reference: the mean over the
+    line's *train* perturbations of their centroids (perturbation-weighted).
 
     Systema's perturbation-specific signal (Viñas Torné et al. 2025): the line-wide systematic
     shift that every perturbation shares cancels, so copying the line's perturbed cells scores
     about 0 here while it scores well on ``pearson_delta``.
     """
-    return _shift_correlation(real_mean, predicted_mean, perturbed_mean)
+    return _shift_correlation(real_mean, predicted_mean, reference_mean)
 
 
 def mse(real_mean: np.ndarray, predicted_mean: np.ndarray) -> float:
@@ -45,25 +46,3 @@ def mse(real_mean: np.ndarray, predicted_mean: np.ndarray) -> float:
 def mae(real_mean: np.ndarray, predicted_mean: np.ndarray) -> float:
     """Mean absolute error between the predicted and the real mean expression."""
     return float(np.mean(np.abs(real_mean - predicted_mean)))
-
-
-def de_overlap(
-    real_mean: np.ndarray, predicted_mean: np.ndarray, control_mean: np.ndarray, n_top: int = 100
-) -> float:
-    """Overlap of the top-N genes by absolute mean shift from control (real, predicted): [0, 1].
-
-    Only genes that actually move count as "top" genes, on either side, and N is capped at the
-    number of genes the real perturbation moves: a perfect prediction scores 1, predicting no
-    change scores 0.
-    """
-    real_shift = np.abs(real_mean - control_mean)
-    predicted_shift = np.abs(predicted_mean - control_mean)
-
-    def top(shift: np.ndarray) -> set[int]:
-        moved = np.flatnonzero(shift > 0)
-        return set(moved[np.argsort(-shift[moved], kind="stable")[:n_top]])
-
-    real_top = top(real_shift)
-    if not real_top:
-        return float("nan")  # nothing moved: the overlap is undefined
-    return len(real_top & top(predicted_shift)) / len(real_top)

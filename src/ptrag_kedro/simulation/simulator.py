@@ -9,11 +9,22 @@ The biology is built so that the prediction task is meaningful but not trivially
 - a fraction of perturbations has a weak or no effect;
 - the target's own expression drops (on-target knockdown);
 - counts are negative binomial around the means, with per-cell library sizes and per-batch
-  (``gem_group``) shifts; about ``control_fraction`` of each line's cells are controls.
+  (``gem_group``) shifts; about ``control_fraction`` of each line's cells are controls;
+- optionally (``interaction_weight > 0``) a non-linear, local part: every module gene has an
+  *interaction topic*, and the genes sharing both a module and a topic share a programme of their
+  own, visible in their embeddings only as the sum of a module and a topic direction.
 
 The matching gene-embedding table (GenePT's format: symbol -> 1,536 floats) reflects module
 membership only partly: a shared offset (text embeddings are all alike), a module direction of
 varying weight, noise, and some genes pointing at the wrong module (misleading neighbours).
+
+Why the interaction: without it a gene's response is linear in its module's programme and its
+embedding is linear in its module's direction, so a parametric map embedding -> response learns
+what nearest-neighbour retrieval would retrieve. With it, a module-m gene of topic t adds the
+programme ``R[m, t]`` (one per pair) to its response and the shared direction ``topic[t]`` to its
+embedding. A linear map of the embedding sees module and topic additively (``a_m + b_t``) and
+cannot produce a programme specific to the pair, while the pair's genes are each other's nearest
+embedding neighbours and share it: the part of the response only retrieval can get.
 
 Generation is two-phase: :func:`plan_screen` draws every per-gene, per-line and per-cell label
 (small), then :func:`iter_count_blocks` draws counts block by block from per-group random
@@ -88,6 +99,22 @@ class SimulationConfig:
     #: shared text "topics" unrelated to modules; they create plausible but wrong neighbours
     n_embedding_topics: int = 40
     embedding_topic_weight: float = 0.7
+    # --- interaction (non-linear, local embedding -> response link; off at weight 0)
+    #: number of interaction topics T; every module gene gets one (0..T-1), drawn from a stream
+    #: of its own, so the topics never move any other draw (recorded as ``interaction_topic``)
+    interaction_topics: int = 3
+    #: weight of the (module, topic) programme R[m, t] in a module-m, topic-t gene's response
+    #: (scaled by the gene's effect strength like the rest of it). R mixes a part shared by every
+    #: line and a line-specific part with ``line_specific_weight``, like the module programmes;
+    #: each part is sparse (``downstream_fraction`` of genes) with sd 0.8 * ``module_effect``, so
+    #: weight 1 is about as strong as the module programme. 0: off, the screen, its embeddings
+    #: and its ``uns`` record are exactly those of the simulator without the interaction.
+    interaction_weight: float = 0.0
+    #: weight of the topic's unit direction in the gene's embedding (added only while
+    #: ``interaction_weight > 0``), before the final normalisation; 0.5 is below the module
+    #: direction's weights (``embedding_module_weight_range``), so a gene's nearest neighbours are
+    #: on average its (module, topic) pair, then its module, then its topic
+    interaction_embedding_weight: float = 0.5
     # cells per block when streaming counts
     block_cells: int = 50_000
 
@@ -133,6 +160,11 @@ class SimulationConfig:
             "systematic_effect": self.systematic_effect >= 0.0,
             "systematic_fraction": 0.0 <= self.systematic_fraction <= 1.0,
             "systematic_line_weight": 0.0 <= self.systematic_line_weight <= 1.0,
+            "interaction_topics": _is_int(self.interaction_topics) and self.interaction_topics >= 1,
+            "interaction_weight": _is_real(self.interaction_weight)
+            and 0.0 <= self.interaction_weight < np.inf,
+            "interaction_embedding_weight": _is_real(self.interaction_embedding_weight)
+            and 0.0 <= self.interaction_embedding_weight < np.inf,
             "block_cells": self.block_cells >= 1,
         }
         for name, ok in checks.items():
@@ -148,14 +180,26 @@ class SimulationConfig:
         }
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+#: Fields that change nothing while ``interaction_weight`` is 0 (left out of ``uns`` then).
+INTERACTION_FIELDS = ("interaction_topics", "interaction_weight", "interaction_embedding_weight")
+
+
 @dataclass
 class ScreenPlan:
     """Everything about a screen except the counts: genes, programmes and per-cell labels."""
 
     config: SimulationConfig
-    genes: (
-        pd.DataFrame
-    )  # index symbol; module, embedding_module, misleading, effect_strength, perturbed
+    #: index symbol; module, embedding_module, misleading_embedding, effect_strength, perturbed,
+    #: interaction_topic (-1 outside modules)
+    genes: pd.DataFrame
     obs: pd.DataFrame  # one row per cell, in file order: gene, cell_line, gem_group
     group_starts: np.ndarray  # row where each (line, perturbation) group starts in obs
     group_log_means: list[np.ndarray] = field(repr=False)  # per group: [n_genes] log mean
@@ -256,6 +300,8 @@ class _Biology:
     base_log_mean: np.ndarray  # [genes]
     systematic: np.ndarray  # [lines, genes] shift of every perturbed cell of the line
     systematic_scale: np.ndarray  # [perturbed genes, lines] its size per group
+    #: [lines, modules, topics, genes] (module, topic) programmes; None while the interaction is off
+    interaction: np.ndarray | None = None
 
     @property
     def perturbed_index(self) -> np.ndarray:
@@ -285,8 +331,47 @@ def _draw_systematic(config: SimulationConfig, n_perturbed: int) -> tuple[np.nda
     return systematic, rng.uniform(0.6, 1.0, (n_perturbed, n_lines))
 
 
+def _interaction_rng(config: SimulationConfig) -> np.random.Generator:
+    """The interaction's own stream (topics, then programmes): no other draw depends on it."""
+    return np.random.default_rng([config.seed, 4])
+
+
+def _draw_interaction(
+    config: SimulationConfig, module: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each gene's interaction topic (-1 outside modules) and the (module, topic) programmes.
+
+    Topics are drawn for every gene first (whatever the weight), so a gene's topic depends only on
+    the seed, ``n_genes`` and ``interaction_topics``. The programmes [lines, modules, topics,
+    genes] are drawn only when ``interaction_weight > 0``: ``(1 - w) * shared + w * line``, with
+    ``w = line_specific_weight``.
+    """
+    rng = _interaction_rng(config)
+    n_topics = config.interaction_topics
+    topic = rng.integers(0, n_topics, config.n_genes)
+    topic = np.where(module != NO_MODULE, topic, NO_MODULE).astype(np.int64)
+    if config.interaction_weight <= 0:
+        return topic, None
+    scale = 0.8 * config.module_effect
+
+    def programmes() -> np.ndarray:  # [modules, topics, genes]
+        return np.stack(
+            [
+                np.stack([_sparse_programme(config, rng, scale) for _ in range(n_topics)])
+                for _ in range(config.n_modules)
+            ]
+        )
+
+    shared = programmes()
+    w = config.line_specific_weight
+    interaction = np.stack([(1.0 - w) * shared + w * programmes() for _ in config.cell_lines])
+    return topic, interaction
+
+
 def _draw_biology(config: SimulationConfig, rng: np.random.Generator) -> _Biology:
     genes = _draw_genes(config, rng)
+    topic, interaction = _draw_interaction(config, genes["module"].to_numpy())
+    genes["interaction_topic"] = topic
     shared, line_specific = _draw_programmes(config, genes, rng)
     n_perturbed = int(genes["perturbed"].sum())
     gene_specific = np.stack([_sparse_programme(config, rng, 0.5) for _ in range(n_perturbed)])
@@ -307,6 +392,7 @@ def _draw_biology(config: SimulationConfig, rng: np.random.Generator) -> _Biolog
         base_log_mean,
         systematic,
         systematic_scale,
+        interaction,
     )
 
 
@@ -328,6 +414,7 @@ def _line_groups(
     """(label, log mean, cell count) of every group of one line, controls first."""
     genes = biology.genes
     module = genes["module"].to_numpy()
+    topic = genes["interaction_topic"].to_numpy()
     strength = genes["effect_strength"].to_numpy(dtype=np.float64)
     groups: list[tuple[str, np.ndarray, int]] = []
     for row, gene_index in enumerate(biology.perturbed_index):
@@ -340,6 +427,13 @@ def _line_groups(
             response = (
                 response + (1.0 - w) * biology.shared[m] + w * biology.line_specific[line_index, m]
             )
+            if biology.interaction is not None:
+                # The (module, topic) programme: shared only with the genes of the same pair.
+                response = (
+                    response
+                    + config.interaction_weight
+                    * (biology.interaction[line_index, m, topic[gene_index]])
+                )
         # Strength varies a little per line, so lines differ in magnitude as well as direction.
         response = strength[gene_index] * rng.uniform(0.7, 1.3) * response
         systematic = biology.systematic_scale[row, line_index] * biology.systematic[line_index]
@@ -437,7 +531,12 @@ def _var(plan: ScreenPlan) -> pd.DataFrame:
 
 
 def _uns(plan: ScreenPlan) -> dict[str, Any]:
-    return {"simulation": {"config": plan.config.to_dict(), "control_label": CONTROL_LABEL}}
+    config = plan.config.to_dict()
+    if plan.config.interaction_weight <= 0:
+        # Off, the interaction fields change nothing: the record is that of a screen without them.
+        for name in INTERACTION_FIELDS:
+            config.pop(name)
+    return {"simulation": {"config": config, "control_label": CONTROL_LABEL}}
 
 
 def simulate_screen(config: SimulationConfig | ScreenPlan) -> ad.AnnData:
@@ -477,7 +576,11 @@ def simulate_gene_embeddings(
     Geometry: ``offset_weight * shared offset + w_g * module direction + topics + noise``.
     ``w_g`` varies per gene, a ``misleading_fraction`` of genes use another module's direction,
     genes outside any module carry no module direction, and every gene mixes two random text
-    topics unrelated to modules (plausible but wrong neighbours).
+    topics unrelated to modules (plausible but wrong neighbours). While ``interaction_weight > 0``
+    a module gene also carries ``interaction_embedding_weight * topic[t]`` for its interaction
+    topic t (``genes["interaction_topic"]``; T unit directions shared by all modules, from the
+    interaction's stream), so the genes of one (module, topic) pair are each other's nearest
+    neighbours; at weight 0 the vectors are exactly those without the interaction.
     """
     if genes is None:
         genes = plan_screen(config).genes
@@ -503,6 +606,21 @@ def simulate_gene_embeddings(
                 * topics[chosen]
             )
     vectors[in_module] += weight[in_module, None] * directions[embedding_module[in_module]]
+    if config.interaction_weight > 0:
+        if "interaction_topic" not in genes:
+            raise ParameterError(
+                "simulate_gene_embeddings: the genes table has no 'interaction_topic' column "
+                "(pass plan_screen(config).genes)"
+            )
+        topic = genes["interaction_topic"].to_numpy()
+        # A branch of the interaction's stream of its own, so the directions move no other draw.
+        topic_rng = np.random.default_rng([config.seed, 4, 1])
+        topic_directions = topic_rng.normal(0.0, 1.0, (config.interaction_topics, dim))
+        topic_directions /= np.linalg.norm(topic_directions, axis=1, keepdims=True)
+        has_topic = topic != NO_MODULE
+        vectors[has_topic] += (
+            config.interaction_embedding_weight * topic_directions[topic[has_topic]]
+        )
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return pd.DataFrame(
         vectors.astype(np.float32), index=pd.Index(genes.index.astype(str), name="symbol")
@@ -510,7 +628,7 @@ def simulate_gene_embeddings(
 
 
 def gene_module_table(genes: pd.DataFrame) -> pd.DataFrame:
-    """Ground truth gene -> module table for retrieval diagnostics (module -1: none)."""
+    """Ground truth gene -> module table for retrieval diagnostics (module and topic -1: none)."""
     table = genes.reset_index().rename(columns={"index": "symbol"})
     return table[
         [
@@ -520,5 +638,6 @@ def gene_module_table(genes: pd.DataFrame) -> pd.DataFrame:
             "misleading_embedding",
             "effect_strength",
             "perturbed",
+            "interaction_topic",
         ]
     ]

@@ -263,8 +263,15 @@ def test_highly_variable_genes_ignore_held_out_cells(
 
 
 def test_split_parameters_are_checked() -> None:
-    with pytest.raises(ParameterError, match="ingestion.split.mode must be few_shot or zero_shot"):
+    with pytest.raises(ParameterError, match="ingestion.split.mode must be one of few_shot"):
         SplitParameters(heldout_cell_line="k562", mode="half_shot")
+    with pytest.raises(ParameterError, match="ingestion.split.seed must be an integer, got 'abc'"):
+        SplitParameters(heldout_cell_line="k562", seed="abc")
+    with pytest.raises(ParameterError, match="heldout_cell_line must name a cell line"):
+        SplitParameters(heldout_cell_line="", mode="few_shot")
+    with pytest.raises(ParameterError, match="other_lines must be withhold or evaluate"):
+        SplitParameters(heldout_cell_line="k562", mode="unseen_gene", other_lines="drop")
+    assert SplitParameters(heldout_cell_line=None, mode="unseen_gene").heldout_cell_line == ""
     with pytest.raises(ParameterError, match="val_fraction and test_fraction"):
         SplitParameters(heldout_cell_line="k562", val_fraction=0.7, test_fraction=0.5)
     with pytest.raises(ParameterError, match="hvg_flavor"):

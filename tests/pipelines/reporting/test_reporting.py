@@ -20,7 +20,7 @@ from ptrag_kedro.expression_rows import dense
 from ptrag_kedro.metrics import metric_registry
 from ptrag_kedro.models import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
-from ptrag_kedro.parameters import ReportingParameters
+from ptrag_kedro.parameters import ReportingParameters, TrainingParameters
 from ptrag_kedro.pipelines.reporting.baselines import BASELINES, predict_baselines
 from ptrag_kedro.pipelines.reporting.comparison import compare_methods
 from ptrag_kedro.pipelines.reporting.evaluation import evaluate_predictions
@@ -37,8 +37,8 @@ from ptrag_kedro.pipelines.reporting.report import write_report
 from ptrag_kedro.provenance import StaleArtefactError
 from tests.conftest import train_tiny
 
-REPORTING = ReportingParameters(n_pcs=10)
-REGISTRY = metric_registry(10, 100)
+REPORTING = ReportingParameters(n_pcs=10, bootstrap_resamples=2000)
+REGISTRY = metric_registry(10, 0.05)
 #: The baselines that add a shift to the models' control draw (``context`` draws other cells).
 FROM_CONTROLS = [name for name in REPORTING.baselines if name != "context"]
 
@@ -74,7 +74,7 @@ def _predict(record: dict[str, Any], inputs: dict[str, Any], **overrides) -> tup
         inputs["retrieval_candidates"],
         inputs["perturbation_responses"],
         inputs["split_manifest"],
-        ReportingParameters(**{"n_pcs": 10, **overrides}),
+        dataclasses.replace(REPORTING, **overrides),
     )
 
 
@@ -242,6 +242,21 @@ def _shift(screen, line: str, names: set[str], split: str) -> np.ndarray:
     return expression[rows].mean(0) - control
 
 
+def _context_shift(screen, manifest, line: str) -> np.ndarray:
+    """The cell-weighted mean shift of the line's train-perturbed cells."""
+    return _shift(screen, line, set(manifest["cell_lines"][line]["train"]), "train")
+
+
+def _nearest(embeddings: pd.DataFrame, query: str, pool: list[str], k: int) -> list[str]:
+    """The k genes of ``pool`` whose embeddings are most cosine-similar to the query's."""
+    vectors = embeddings.loc[pool].to_numpy(float)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    target = embeddings.loc[query].to_numpy(float)
+    similarity = vectors @ (target / np.linalg.norm(target))
+    ranked = sorted(zip(pool, similarity, strict=True), key=lambda pair: (-pair[1], pair[0]))
+    return [name for name, _ in ranked if name != query][:k]
+
+
 def test_baselines_against_independent_computations(prepared_inputs, baselines) -> None:
     """Every baseline's cells for every test condition, recomputed from the screen."""
     screen, manifest = prepared_inputs["screen"], prepared_inputs["split_manifest"]
@@ -321,8 +336,51 @@ def test_baselines_against_independent_computations(prepared_inputs, baselines) 
             np.testing.assert_allclose(
                 predictions.X[rows[method]], np.maximum(controls + shift, 0), atol=1e-4
             )
+        # additive: the line's context + the gene's line-specific shift in the other lines
+        context = _context_shift(screen, manifest, line)
+        specific = [
+            _shift(screen, other, {name}, "train") - _context_shift(screen, manifest, other)
+            for other, entry in manifest["cell_lines"].items()
+            if other != line and name in entry["train"]
+        ]
+        expected = context + (np.mean(specific, axis=0) if specific else 0.0)
+        np.testing.assert_allclose(
+            predictions.X[rows["additive"]], np.maximum(controls + expected, 0), atol=1e-4
+        )
+        # neighbour_mean: the mean shift of the k most similar train genes of the line
+        k = summary["neighbour_mean"]["k"]
+        neighbours = _nearest(embeddings, name, manifest["cell_lines"][line]["train"], k)
+        expected = np.mean([_shift(screen, line, {g}, "train") for g in neighbours], axis=0)
+        np.testing.assert_allclose(
+            predictions.X[rows["neighbour_mean"]], np.maximum(controls + expected, 0), atol=1e-4
+        )
     assert sorted(summary["fallbacks"].get("perturbation_mean", [])) == sorted(no_shift)
+    assert sorted(summary["fallbacks"].get("additive", [])) == sorted(no_shift)
     assert len(no_shift) < len(test)  # the shift of perturbation_mean was checked somewhere
+    # neighbour_mean's k: the lowest val error of the neighbour means, computed here
+    val_errors = {
+        k: np.mean(
+            [
+                np.mean(
+                    (
+                        np.mean(
+                            [
+                                _shift(screen, line, {g}, "train")
+                                for g in _nearest(embeddings, name, entry["train"], k)
+                            ],
+                            axis=0,
+                        )
+                        - _shift(screen, line, {name}, "val")
+                    )
+                    ** 2
+                )
+                for line, entry in manifest["cell_lines"].items()
+                for name in entry["val"]
+            ]
+        )
+        for k in REPORTING.neighbour_ks
+    }
+    assert summary["neighbour_mean"]["k"] == min(val_errors, key=val_errors.get)
 
 
 def test_evaluating_the_real_cells_gives_perfect_scores(prepared_inputs) -> None:
@@ -339,14 +397,23 @@ def test_evaluating_the_real_cells_gives_perfect_scores(prepared_inputs) -> None
     assert set(conditions.columns) == set(REGISTRY)
     for name in ("w1", "w2", "energy", "mmd", "mse", "mae"):
         np.testing.assert_allclose(conditions[name], 0.0, atol=1e-9)
-    for name in ("pearson_delta", "pearson_delta_context", "de_overlap@100"):
+    for name in ("pearson_delta", "pearson_delta_context", "centroid_accuracy"):
         np.testing.assert_allclose(conditions[name], 1.0, atol=1e-9)
+    for name in ("centroid_accuracy_pca", "discrimination_l1"):
+        np.testing.assert_allclose(conditions[name], 1.0, atol=1e-9)
+    moved = conditions["de_overlap_fdr"].dropna()  # NaN where the real test finds no DE gene
+    assert len(moved) and np.allclose(moved, 1.0)
     assert set(metrics["level"]) == {"condition", "mean", "median", "chance"}
     chance = metrics[metrics["level"] == "chance"].set_index("metric")["value"]
-    assert chance.to_dict() == {"de_overlap@100": min(1.0, 100 / screen.n_vars)}
+    n_test = len(conditions)  # one held-out line: N test shifts
+    assert chance["centroid_accuracy"] == 0.5 and chance["pearson_delta"] == 0.0
+    assert chance["discrimination_l1"] == pytest.approx((n_test + 1) / (2 * n_test))
+    assert 0 < chance["de_overlap_fdr"] < 1
 
 
-def test_pearson_delta_context_uses_the_lines_average_perturbed_cell(prepared_inputs) -> None:
+def test_pearson_delta_context_uses_systemas_train_centroid_reference(prepared_inputs) -> None:
+    """The reference is the mean of the line's train perturbations' centroids (each weighs
+    the same, whatever its cell count), never a val or test cell."""
     screen = prepared_inputs["screen"]
     obs, expression = screen.obs, dense(screen.X)
     test = screen[(obs["split"] == "test").to_numpy()]
@@ -359,8 +426,12 @@ def test_pearson_delta_context_uses_the_lines_average_perturbed_cell(prepared_in
         (metrics["level"] == "condition") & (metrics["metric"] == "pearson_delta_context")
     ]
     line = "hepg2"
-    perturbed = expression[((obs["cell_line"] == line) & (obs["split"] != "control")).to_numpy()]
-    reference = perturbed.mean(0)
+    train = obs[(obs["cell_line"] == line) & (obs["split"] == "train")]
+    centroids = [
+        expression[((obs["cell_line"] == line) & (obs["perturbation"] == name)).to_numpy()].mean(0)
+        for name in sorted(set(train["perturbation"]))
+    ]
+    reference = np.mean(centroids, axis=0)
     for _, row in rows.head(3).iterrows():
         in_condition = (test.obs["perturbation"] == row["perturbation"]).to_numpy()
         real = dense(test.X)[in_condition].mean(0) - reference
@@ -413,7 +484,7 @@ def test_comparison_paired_tests_report_and_plots(
         assert entry["mean"] == pytest.approx(per_seed.mean(), rel=1e-9, abs=1e-12)
         sd = per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0
         assert entry["sd"] == pytest.approx(sd, rel=1e-9, abs=1e-12)
-    assert comparison.loc[comparison["metric"] == "de_overlap@100", "chance"].notna().all()
+    assert comparison.loc[comparison["metric"] == "de_overlap_fdr", "chance"].notna().all()
     # paired tests: every non-reference variant against the reference, all against the best baseline
     assert len(paired) == (2 * len(trained) - 1) * len(REGISTRY)
     row = paired[(paired["method"] == "ptrag") & (paired["role"] == "reference")].iloc[0]
@@ -424,8 +495,24 @@ def test_comparison_paired_tests_report_and_plots(
         - theirs.groupby("perturbation")["value"].mean()
     ).to_numpy()
     assert len(differences) <= 12 and np.all(differences != 0)  # the exact test applies
-    assert row["p_value"] == pytest.approx(_exact_signed_rank_p(differences), rel=1e-6)
+    assert row["wilcoxon_p"] == pytest.approx(_exact_signed_rank_p(differences), rel=1e-6)
     assert row["mean_difference"] == pytest.approx(differences.mean())
+    assert row["ci_low"] <= row["mean_difference"] <= row["ci_high"]
+    assert row["n_seeds"] == "2/1"  # PT-RAG has two seeds, STATE one
+    # Holm across the whole table: the adjusted p-values of every row, recomputed here
+    order = np.argsort(paired["p_value"].to_numpy(), kind="stable")
+    step_down = np.maximum.accumulate(
+        (len(paired) - np.arange(len(paired))) * paired["p_value"].to_numpy()[order]
+    ).clip(max=1.0)
+    np.testing.assert_allclose(paired["p_holm"].to_numpy()[order], step_down)
+    assert (paired["p_holm"] >= paired["p_value"]).all()
+    significant = paired["p_holm"] < REPORTING.significance
+    assert (paired["significantly_better"] | paired["significantly_worse"]).equals(significant)
+    # the margin: a share of the comparator's mean for distances, absolute for scores
+    w1_row = paired[(paired["metric"] == "w1") & (paired["role"] == "reference")].iloc[0]
+    state_w1 = comparison.query("method == 'state' and metric == 'w1'")["mean"].iloc[0]
+    assert w1_row["margin"] == pytest.approx(REPORTING.relative_margin * state_w1, rel=1e-6)
+    assert (paired.loc[paired["higher_is_better"], "margin"] == REPORTING.absolute_margin).all()
     gates = {
         variant: _predict(record, prepared_inputs)[1] for variant, (record, _) in trained.items()
     }
@@ -443,12 +530,19 @@ def test_comparison_paired_tests_report_and_plots(
         "train_pair_similarity": {"q50": 0.4},
         "module_precision": None,
     }
-    report = write_report(comparison, paired, summary, diagnostics, baselines[1], REPORTING)
+    manifest = prepared_inputs["split_manifest"]
+    training = TrainingParameters(max_steps=2, seeds=[0, 1])
+    report = write_report(
+        comparison, paired, summary, diagnostics, baselines[1], manifest, training, REPORTING
+    )
     assert "| response_rag |" in report and "pearson_delta_context ↑" in report
     assert "*chance*" in report and "## Paired tests" in report
+    assert "Split `few_shot`" in report and "training 2 steps, seeds [0, 1]" in report
+    assert "- `centroid_accuracy`: fraction of the line's other" in report  # the registry's words
+    assert "neighbour_mean: k = " in report
     histories = {variant: history for variant, (_, history) in trained.items()}
     figures = (
-        metric_bars(comparison)[0],
+        metric_bars(comparison, REPORTING)[0],
         reference_scatter(REPORTING, **metrics),
         loss_curves(**histories),
         gate_heatmap(**gates),

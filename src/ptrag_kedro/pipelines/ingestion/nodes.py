@@ -38,6 +38,7 @@ from ptrag_kedro.schema import (
     TEST,
     TRAIN,
     VAL,
+    WITHHELD,
 )
 
 logger = logging.getLogger(__name__)
@@ -251,12 +252,15 @@ def split_screen(
 
     few_shot: the held-out line's perturbations go to val/test (by fractions and a seed, or by
     the lists of ``split_lists``); everything else is train. zero_shot: the whole held-out line
-    is test, and val is a fraction of the other lines' (line, perturbation) pairs. Controls of
-    every line are ``control`` and stay available as basal cells.
+    is test, and val is a fraction of the other lines' (line, perturbation) pairs. unseen_gene:
+    val and test are gene sets train in no line; their groups in the held-out line (in every
+    line when none is held out) are val/test, elsewhere withheld (dropped: nothing reads them)
+    or evaluated (``other_lines``). Controls of every line are ``control`` and stay available
+    as basal cells.
     """
     source = _source(screen)
     lines = list(screen.obs[CELL_LINE].cat.categories)
-    if split.heldout_cell_line not in lines:
+    if split.heldout_cell_line and split.heldout_cell_line not in lines:
         raise ScreenError(
             f"{source}: obs 'cell_line' has no cell line '{split.heldout_cell_line}' (parameter "
             f"heldout_cell_line); lines present: {_first(lines, 10)}"
@@ -269,14 +273,19 @@ def split_screen(
         for line in lines
     }
     assignment, missing, split_source = _assign(perturbations_by_line, split, split_lists, source)
+    _check_unseen(assignment, split)
     obs = screen.obs.copy()
-    obs[SPLIT] = pd.Categorical(
-        _split_column(obs, assignment, _control_label(screen)),
-        categories=[TRAIN, VAL, TEST, CONTROL],
-    )
-    record = {"mode": split.mode, "heldout_cell_line": split.heldout_cell_line}
+    obs[SPLIT] = _split_column(obs, assignment, _control_label(screen))
+    kept = (obs[SPLIT] != WITHHELD).to_numpy()
+    obs = obs[kept].copy()
+    obs[SPLIT] = pd.Categorical(obs[SPLIT], categories=[TRAIN, VAL, TEST, CONTROL])
+    for column in (PERTURBATION, CELL_LINE):
+        obs[column] = obs[column].cat.remove_unused_categories()
+    record = {"mode": split.mode, "heldout_cell_line": split.heldout_cell_line or None}
     screen = screen.replace(
-        obs=obs, provenance={**screen.provenance, "split": {**record, "source": split_source}}
+        obs=obs,
+        rows=screen.rows[kept],
+        provenance={**screen.provenance, "split": {**record, "source": split_source}},
     )
     manifest = {
         **record,
@@ -287,6 +296,11 @@ def split_screen(
         "cell_lines": {
             line: {
                 **{kind: sorted(assignment[line][kind]) for kind in (TRAIN, VAL, TEST)},
+                **(
+                    {WITHHELD: sorted(assignment[line][WITHHELD])}
+                    if split.mode == "unseen_gene"
+                    else {}
+                ),
                 "n_control_cells": int(
                     ((screen.obs[CELL_LINE] == line) & (screen.obs[SPLIT] == CONTROL)).sum()
                 ),
@@ -294,14 +308,27 @@ def split_screen(
             for line in lines
         },
     }
+    if split.mode == "unseen_gene":
+        manifest["other_lines"] = split.other_lines
     counts = screen.obs[SPLIT].value_counts()
     logger.info(
-        "Split %s, held-out %s: cells train %d, val %d, test %d, control %d",
+        "Split %s, held-out %s: cells train %d, val %d, test %d, control %d; %d withheld",
         split.mode,
-        split.heldout_cell_line,
+        split.heldout_cell_line or "(every line)",
         *(counts[kind] for kind in (TRAIN, VAL, TEST, CONTROL)),
+        int((~kept).sum()),
     )
     return screen, manifest
+
+
+def _check_unseen(assignment: dict[str, dict[str, list[str]]], split: SplitParameters) -> None:
+    """unseen_gene: no val/test gene may be train in any line (a bug if it ever is)."""
+    if split.mode != "unseen_gene":
+        return
+    train = {name for kinds in assignment.values() for name in kinds[TRAIN]}
+    held = {name for kinds in assignment.values() for name in (*kinds[VAL], *kinds[TEST])}
+    if train & held:
+        raise RuntimeError(f"unseen_gene split leaks {sorted(train & held)[:5]} into train")
 
 
 def _assign(
@@ -310,31 +337,50 @@ def _assign(
     split_lists: dict[str, Any] | None,
     source: str,
 ) -> tuple[dict[str, dict[str, list[str]]], dict[str, list[str]], str]:
-    """Per line, its train / val / test perturbations; the split file's absent genes; source."""
+    """Per line, its train / val / test (and withheld) perturbations; the split file's absent
+    genes; the split's source."""
     heldout, rng = split.heldout_cell_line, np.random.default_rng(split.seed)
     assignment = {
-        line: {TRAIN: list(names), VAL: [], TEST: []}
+        line: {TRAIN: list(names), VAL: [], TEST: [], WITHHELD: []}
         for line, names in perturbations_by_line.items()
     }
     missing: dict[str, list[str]] = {}
     split_source = "fractions"
-    heldout_perturbations = perturbations_by_line[heldout]
-    if split.mode == "few_shot":
+    if split.mode == "unseen_gene":
+        # The genes to hold out: the held-out line's, or every line's.
+        pool = (
+            perturbations_by_line[heldout]
+            if heldout
+            else sorted({name for names in perturbations_by_line.values() for name in names})
+        )
+        where = f"cell line '{heldout}'" if heldout else "any cell line"
+    else:
+        pool, where = perturbations_by_line[heldout], f"cell line '{heldout}'"
+    if split.mode in ("few_shot", "unseen_gene"):
         if split_lists is not None:
             split_source = str(split.split_file or "split file")
-            val, test, missing = _lists_from_file(
-                split_lists, heldout_perturbations, split_source, source, heldout
-            )
+            val, test, missing = _lists_from_file(split_lists, pool, split_source, source, where)
         else:
-            val, test = _fractions(heldout_perturbations, split, rng)
+            val, test = _fractions(pool, split, rng)
+    if split.mode == "few_shot":
         chosen = set(val) | set(test)
         assignment[heldout] = {
-            TRAIN: [p for p in heldout_perturbations if p not in chosen],
+            TRAIN: [p for p in pool if p not in chosen],
             VAL: sorted(val),
             TEST: sorted(test),
+            WITHHELD: [],
         }
+    elif split.mode == "unseen_gene":
+        for line, names in perturbations_by_line.items():
+            evaluated = not heldout or line == heldout or split.other_lines == "evaluate"
+            assignment[line] = {
+                TRAIN: [p for p in names if p not in set(val) | set(test)],
+                VAL: sorted(set(names) & set(val)) if evaluated else [],
+                TEST: sorted(set(names) & set(test)) if evaluated else [],
+                WITHHELD: [] if evaluated else sorted(set(names) & (set(val) | set(test))),
+            }
     else:
-        assignment[heldout] = {TRAIN: [], VAL: [], TEST: list(heldout_perturbations)}
+        assignment[heldout] = {TRAIN: [], VAL: [], TEST: list(pool), WITHHELD: []}
         pairs = [
             (line, p)
             for line, names in perturbations_by_line.items()
@@ -348,9 +394,8 @@ def _assign(
     for kind in (VAL, TEST):
         if not any(kinds[kind] for kinds in assignment.values()):
             raise ScreenError(
-                f"{source}: the {kind} split is empty (held-out line '{heldout}' has "
-                f"{len(heldout_perturbations)} perturbations; check ingestion.split "
-                f"{kind}_fraction or the split file)"
+                f"{source}: the {kind} split is empty ({where} has {len(pool)} perturbations; "
+                f"check ingestion.split {kind}_fraction or the split file)"
             )
     return assignment, missing, split_source
 
@@ -365,7 +410,7 @@ def _fractions(
 
 
 def _lists_from_file(
-    split_lists: Any, present: list[str], split_file: str, source: str, heldout: str
+    split_lists: Any, present: list[str], split_file: str, source: str, where: str
 ) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """Val/test lists of a split file, matched to the screen (case-insensitively when needed)."""
     if not isinstance(split_lists, dict):
@@ -383,19 +428,19 @@ def _lists_from_file(
             (matched if found else absent).append(found or name)
         if absent:
             logger.warning(
-                "%s: %d of %d '%s' genes are not perturbed in %s cell line '%s'; skipped: %s",
+                "%s: %d of %d '%s' genes are not perturbed in %s of %s; skipped: %s",
                 split_file,
                 len(absent),
                 len(names),
                 kind,
+                where,
                 source,
-                heldout,
                 _first(absent),
             )
         if not matched:
             raise ScreenError(
-                f"{split_file}: none of the {len(names)} '{kind}' genes is perturbed in cell line "
-                f"'{heldout}' of {source}"
+                f"{split_file}: none of the {len(names)} '{kind}' genes is perturbed in {where} "
+                f"of {source}"
             )
         result[kind], missing[kind] = matched, absent
     overlap = set(result[VAL]) & set(result[TEST])
@@ -409,6 +454,7 @@ def _lists_from_file(
 def _split_column(
     obs: pd.DataFrame, assignment: dict[str, dict[str, list[str]]], control_label: str
 ) -> np.ndarray:
+    """Every cell's split (``withheld`` for the groups an unseen_gene split drops)."""
     lookup = {
         (line, perturbation): kind
         for line, kinds in assignment.items()

@@ -3,9 +3,11 @@
 ``comparison``: methods x metrics, the mean over test conditions per seed, then mean and sd over
 seeds (and the median over conditions, averaged over seeds), with each metric's direction and
 chance level. ``paired_tests``: every variant against the reference variant and against the
-best baseline of each metric, paired over test conditions (each method's value averaged over its
-seeds first): Wilcoxon signed-rank p-value, mean difference, the fraction of conditions where
-the variant is better, and in how many seeds its mean is better.
+best baseline of each metric, paired over test conditions and seeds: the mean difference with a
+hierarchical bootstrap 95 % interval (conditions, then seeds within conditions), its two-sided
+p-value Holm-corrected across the whole table, an equivalence test (TOST) against a margin, also
+Holm-corrected, the fraction of conditions where the variant is better, in how many seeds its
+mean is better, and the Wilcoxon signed-rank p-value of the seed-averaged values.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ptrag_kedro.metrics import metric_registry, paired_test
+from ptrag_kedro.metrics.paired import hierarchical_bootstrap, holm
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.schema import CELL_LINE, PERTURBATION
 
@@ -40,12 +43,21 @@ PAIRED_COLUMNS = [
     "metric",
     "higher_is_better",
     "n_conditions",
+    "n_seeds",
     "mean_difference",
-    "median_difference",
-    "better_fraction",
+    "ci_low",
+    "ci_high",
     "p_value",
+    "p_holm",
+    "better_fraction",
     "seeds_better",
     "significantly_better",
+    "significantly_worse",
+    "margin",
+    "tost_p",
+    "tost_p_holm",
+    "equivalent",
+    "wilcoxon_p",
 ]
 
 
@@ -63,7 +75,7 @@ def summarise(
     metrics: pd.DataFrame, variants: list[str], reporting: ReportingParameters
 ) -> pd.DataFrame:
     """``comparison``: one row per (method, metric), variants first, then baselines."""
-    registry = metric_registry(reporting.n_pcs, reporting.de_top_n)
+    registry = metric_registry(reporting.n_pcs, reporting.de_fdr)
     level = metrics["level"]
     per_seed = metrics[level == "mean"].groupby(["method", "metric"])["value"]
     comparison = per_seed.agg(mean="mean", sd=_sd, n_seeds="size").join(
@@ -87,13 +99,16 @@ def summarise(
     return comparison[COMPARISON_COLUMNS]
 
 
-def _per_condition(metrics: pd.DataFrame, method: str, metric: str) -> pd.Series:
+def _per_condition_and_seed(metrics: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
+    """(line, perturbation) x seed values of one method and metric."""
     rows = metrics[
         (metrics["level"] == "condition")
         & (metrics["method"] == method)
         & (metrics["metric"] == metric)
     ]
-    return rows.groupby([CELL_LINE, PERTURBATION])["value"].mean()
+    return rows.pivot_table(
+        index=[CELL_LINE, PERTURBATION], columns="seed", values="value", aggfunc="mean"
+    )
 
 
 def _per_seed(metrics: pd.DataFrame, method: str, metric: str) -> pd.Series:
@@ -115,13 +130,66 @@ def _seeds_better(
     return f"{better}/{len(ours)}"
 
 
+def equivalence_margin(
+    higher_is_better: bool, comparator_mean: float, reporting: ReportingParameters
+) -> float:
+    """The margin within which two methods count as equivalent: an absolute one for scores
+    (correlations, accuracies: higher is better), a fraction of the comparator's mean for
+    distances and errors (lower is better), both set before any result is seen."""
+    if higher_is_better:
+        return reporting.absolute_margin
+    return reporting.relative_margin * abs(comparator_mean)
+
+
+def _comparison_row(
+    metrics: pd.DataFrame,
+    variant: str,
+    comparator: str,
+    role: str,
+    metric: str,
+    higher: bool,
+    reporting: ReportingParameters,
+) -> dict[str, Any]:
+    ours = _per_condition_and_seed(metrics, variant, metric)
+    theirs = _per_condition_and_seed(metrics, comparator, metric)
+    ours, theirs = ours.align(theirs, join="inner", axis=0)
+    margin = equivalence_margin(higher, float(np.nanmean(theirs.to_numpy())), reporting)
+    boot = hierarchical_bootstrap(
+        ours.to_numpy(),
+        theirs.to_numpy(),
+        margin,
+        resamples=reporting.bootstrap_resamples,
+        seed=reporting.seed,
+    )
+    wilcoxon = paired_test(ours.mean(axis=1), theirs.mean(axis=1), higher)
+    return {
+        "method": variant,
+        "comparator": comparator,
+        "role": role,
+        "metric": metric,
+        "higher_is_better": higher,
+        "n_conditions": boot.n_conditions,
+        "n_seeds": f"{ours.shape[1]}/{theirs.shape[1]}",
+        "mean_difference": boot.mean_difference,
+        "ci_low": boot.ci_low,
+        "ci_high": boot.ci_high,
+        "p_value": boot.p_value,
+        "better_fraction": wilcoxon["better_fraction"],
+        "seeds_better": _seeds_better(metrics, variant, comparator, metric, higher),
+        "margin": margin,
+        "tost_p": boot.tost_p,
+        "wilcoxon_p": wilcoxon["p_value"],
+    }
+
+
 def paired_tests(
     metrics: pd.DataFrame,
     comparison: pd.DataFrame,
     variants: list[str],
     reporting: ReportingParameters,
 ) -> pd.DataFrame:
-    """Each variant against the reference variant and the best baseline, per metric."""
+    """Each variant against the reference variant and the best baseline, per metric; p-values
+    Holm-corrected over every row of the table."""
     rows: list[dict[str, Any]] = []
     for metric, table in comparison.groupby("metric", sort=False):
         higher = bool(table["higher_is_better"].iloc[0])
@@ -134,31 +202,22 @@ def paired_tests(
             reference = [(reporting.reference_variant, "reference")]
             comparators = reference * (variant != reporting.reference_variant) + best
             for comparator, role in comparators:
-                paired = pd.concat(
-                    [
-                        _per_condition(metrics, variant, metric).rename("ours"),
-                        _per_condition(metrics, comparator, metric).rename("theirs"),
-                    ],
-                    axis=1,
-                    join="inner",
-                )
-                result = paired_test(paired["ours"], paired["theirs"], higher)
-                better = result["mean_difference"] > 0 if higher else result["mean_difference"] < 0
                 rows.append(
-                    {
-                        "method": variant,
-                        "comparator": comparator,
-                        "role": role,
-                        "metric": metric,
-                        "higher_is_better": higher,
-                        **result,
-                        "seeds_better": _seeds_better(metrics, variant, comparator, metric, higher),
-                        "significantly_better": bool(
-                            better and result["p_value"] < reporting.significance
-                        ),
-                    }
+                    _comparison_row(metrics, variant, comparator, role, metric, higher, reporting)
                 )
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    tests = pd.DataFrame(rows)
+    if tests.empty:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    tests["p_holm"] = holm(tests["p_value"].to_numpy())
+    tests["tost_p_holm"] = holm(tests["tost_p"].to_numpy())
+    in_favour = np.where(
+        tests["higher_is_better"], tests["mean_difference"] > 0, tests["mean_difference"] < 0
+    )
+    significant = tests["p_holm"] < reporting.significance
+    tests["significantly_better"] = significant & in_favour
+    tests["significantly_worse"] = significant & ~in_favour
+    tests["equivalent"] = tests["tost_p_holm"] < reporting.significance
+    return tests[PAIRED_COLUMNS]
 
 
 def compare_methods(

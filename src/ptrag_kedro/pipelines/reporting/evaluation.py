@@ -7,31 +7,40 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
 from ptrag_kedro.expression_rows import ExpressionRows, dense
-from ptrag_kedro.metrics import MetricInputs, MetricSpec, evaluate, metric_registry
+from ptrag_kedro.metrics import MetricInputs, MetricSpec, de_genes, evaluate, metric_registry
 from ptrag_kedro.parameters import ReportingParameters
-from ptrag_kedro.schema import CELL_LINE, CONTROL, PERTURBATION, SPLIT, TEST
+from ptrag_kedro.schema import CELL_LINE, CONTROL, PERTURBATION, SPLIT, TEST, TRAIN, VAL
+from ptrag_kedro.shifts import group_means
 
 #: Columns of a ``<variant>.metrics`` table.
 METRIC_COLUMNS = ["method", "seed", CELL_LINE, PERTURBATION, "metric", "value", "level"]
 
 
 class _LineReference:
-    """One cell line's real test and control cells, its PCA and its average perturbed cell."""
+    """One cell line's real cells and what every method's predictions are compared with: its
+    test and control cells, its PCA, Systema's reference, the real centroids of every perturbed
+    group of the line, the real shifts of its test perturbations, and their real DE genes.
+
+    ``groups`` and ``means`` are every perturbed (line, perturbation) group of the screen and its
+    mean expression, ``control_means`` every line's control mean (``shifts.group_means``, one
+    pass over X for all lines).
+    """
 
     def __init__(
-        self, screen: ad.AnnData, expression: ExpressionRows, line: str, n_pcs: int
+        self,
+        screen: ad.AnnData,
+        expression: ExpressionRows,
+        line: str,
+        groups: pd.DataFrame,
+        means: np.ndarray,
+        control_means: dict[str, np.ndarray],
+        reporting: ReportingParameters,
     ) -> None:
         obs = screen.obs
         in_line = (obs[CELL_LINE] == line).to_numpy()
-        perturbed = in_line & (obs[SPLIT] != CONTROL).to_numpy()
-        # The line's average perturbed cell over every split: the reference of the
-        # perturbation-specific shift (pearson_delta_context), the same for every method.
-        weights = sp.csr_matrix(perturbed[None, :] / max(1, int(perturbed.sum())))
-        self.perturbed_mean = expression.row_sums(weights)[0]
         # Only this line's test and control cells are read and made dense.
         chosen = in_line & obs[SPLIT].isin([TEST, CONTROL]).to_numpy()
         self.obs = obs[chosen]
@@ -39,22 +48,68 @@ class _LineReference:
         self.controls = self.expression[(self.obs[SPLIT] == CONTROL).to_numpy()]
         fitted = np.vstack([self.expression[(self.obs[SPLIT] == TEST).to_numpy()], self.controls])
         self.pca = PCA(
-            n_components=min(n_pcs, *fitted.shape), svd_solver="full", random_state=0
+            n_components=min(reporting.n_pcs, *fitted.shape), svd_solver="full", random_state=0
         ).fit(fitted)
+        control_mean = control_means[line]
+        self.reference_mean = reference_mean(groups, means, line, control_means)
+        # Every perturbed group of the line (train, val and test), as Systema's centroids.
+        in_groups = (groups[CELL_LINE] == line).to_numpy()
+        self.centroid_names = groups.loc[in_groups, PERTURBATION].astype(str).tolist()
+        self.centroids = means[in_groups]
+        self.centroids_pca = self.pca.transform(self.centroids)
+        is_test = (groups.loc[in_groups, SPLIT] == TEST).to_numpy()
+        self.test_names = [n for n, test in zip(self.centroid_names, is_test, strict=True) if test]
+        self.test_deltas = self.centroids[is_test] - control_mean
+        self.gene_column = {str(gene): column for column, gene in enumerate(screen.var_names)}
+        self.de_fdr = reporting.de_fdr
+        self.real_de = {
+            name: de_genes(self.real(name), self.controls, reporting.de_fdr)
+            for name in self.test_names
+        }
 
     def real(self, perturbation: str) -> np.ndarray:
         chosen = (self.obs[PERTURBATION] == perturbation) & (self.obs[SPLIT] == TEST)
         return self.expression[chosen.to_numpy()]
 
-    def inputs(self, real: np.ndarray, real_pca: np.ndarray, predicted: np.ndarray) -> MetricInputs:
+    def inputs(
+        self, perturbation: str, real: np.ndarray, real_pca: np.ndarray, predicted: np.ndarray
+    ) -> MetricInputs:
         return MetricInputs(
             real_genes=real,
             predicted_genes=predicted,
             control_genes=self.controls,
-            perturbed_mean=self.perturbed_mean,
+            reference_mean=self.reference_mean,
             real_pca=real_pca,
             predicted_pca=self.pca.transform(predicted),
+            centroids=self.centroids,
+            centroids_pca=self.centroids_pca,
+            own_centroid=self.centroid_names.index(perturbation),
+            test_deltas=self.test_deltas,
+            own_test=self.test_names.index(perturbation),
+            real_de=self.real_de[perturbation],
+            target_gene=self.gene_column.get(perturbation, -1),
+            de_fdr=self.de_fdr,
         )
+
+
+def reference_mean(
+    groups: pd.DataFrame, means: np.ndarray, line: str, control_means: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Systema's reference of the perturbation-specific shift: the mean, over the line's *train*
+    perturbations, of their centroids (perturbation-weighted, train cells only).
+
+    A line with no train perturbation (the held-out line of ``zero_shot``) takes its control
+    mean plus the mean over the other lines of the same quantity's shift from their controls.
+    """
+    train = (groups[SPLIT] == TRAIN).to_numpy()
+    in_line = (groups[CELL_LINE] == line).to_numpy()
+    if (train & in_line).any():
+        return means[train & in_line].mean(axis=0)
+    shifts = []
+    for other in sorted(set(groups.loc[train, CELL_LINE])):
+        rows = train & (groups[CELL_LINE] == other).to_numpy()
+        shifts.append(means[rows].mean(axis=0) - control_means[other])
+    return control_means[line] + np.mean(shifts, axis=0)
 
 
 def _condition_rows(
@@ -63,8 +118,10 @@ def _condition_rows(
     reference: _LineReference,
     line: str,
     registry: dict[str, MetricSpec],
-) -> list[dict[str, Any]]:
-    rows = []
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every metric of every (method, seed) prediction of the line's conditions, and each
+    condition's chance levels."""
+    rows, chance = [], []
     in_line = predictions.obs[CELL_LINE] == line
     for perturbation in predictions.obs.loc[in_line, PERTURBATION].unique():
         real = reference.real(perturbation)
@@ -77,21 +134,21 @@ def _condition_rows(
             .indices
         )
         positions = np.flatnonzero(selected)
+        condition = {CELL_LINE: line, PERTURBATION: perturbation}
         for (method, seed), index in groups.items():
             predicted = dense(predictions.X[positions[index]])
-            values = evaluate(reference.inputs(real, real_pca, predicted), registry)
+            inputs = reference.inputs(perturbation, real, real_pca, predicted)
+            values = evaluate(inputs, registry)
             rows += [
-                {
-                    "method": method,
-                    "seed": seed,
-                    CELL_LINE: line,
-                    PERTURBATION: perturbation,
-                    "metric": name,
-                    "value": value,
-                }
+                {"method": method, "seed": seed, **condition, "metric": name, "value": value}
                 for name, value in values.items()
             ]
-    return rows
+        chance += [  # what no information scores: the same for every method
+            {**condition, "metric": name, "value": spec.chance(inputs)}
+            for name, spec in registry.items()
+            if spec.chance is not None
+        ]
+    return rows, chance
 
 
 def evaluate_predictions(
@@ -101,27 +158,37 @@ def evaluate_predictions(
 
     PCA (``reporting.n_pcs`` components) is fitted per cell line on that line's real cells:
     every test perturbation's cells and the controls. Metrics with a chance level get a row of
-    level ``chance``.
+    level ``chance`` per method: its mean over the conditions.
     """
-    registry = metric_registry(reporting.n_pcs, reporting.de_top_n)
+    registry = metric_registry(reporting.n_pcs, reporting.de_fdr)
     methods = (
         predictions.obs["method"].astype(str)
         if "method" in predictions.obs
         else pd.Series("model", index=predictions.obs_names)
     )
-    rows = []
     expression = ExpressionRows.of(screen)  # X loaded (or opened) once for every line
+    groups, means = group_means(screen, [TRAIN, VAL, TEST, CONTROL])  # one pass over X
+    is_control = (groups[SPLIT] == CONTROL).to_numpy()
+    control_means = dict(zip(groups.loc[is_control, CELL_LINE], means[is_control], strict=True))
+    perturbed = groups[~is_control].reset_index(drop=True)
+    rows, chance_rows = [], []
     for line in predictions.obs[CELL_LINE].unique():
-        reference = _LineReference(screen, expression, str(line), reporting.n_pcs)
-        rows += _condition_rows(predictions, methods, reference, str(line), registry)
+        reference = _LineReference(
+            screen, expression, str(line), perturbed, means[~is_control], control_means, reporting
+        )
+        line_rows, line_chance = _condition_rows(
+            predictions, methods, reference, str(line), registry
+        )
+        rows += line_rows
+        chance_rows += line_chance
     table = pd.DataFrame(rows)
     per_seed = table.groupby(["method", "seed", "metric"], observed=True)["value"]
+    chance = pd.DataFrame(chance_rows).groupby("metric", sort=False)["value"].mean()
     chance = pd.DataFrame(
         [
-            {"method": method, "metric": name, "value": spec.chance(screen.n_vars)}
+            {"method": method, "metric": name, "value": value}
             for method in table["method"].unique()
-            for name, spec in registry.items()
-            if spec.chance is not None
+            for name, value in chance.items()
         ]
     )
     summary = pd.concat(

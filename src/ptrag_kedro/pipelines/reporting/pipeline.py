@@ -103,7 +103,7 @@ def comparison_reporting(variants: list[str]) -> Pipeline:
             ),
             node(
                 metric_bars,
-                inputs="comparison",
+                inputs=["comparison", "params:reporting"],
                 outputs=["comparison_metrics_plot", "comparison_metrics_plotly"],
                 name="plot_metric_bars",
             ),
@@ -129,6 +129,8 @@ def comparison_reporting(variants: list[str]) -> Pipeline:
                     "gate_summary",
                     "retrieval_diagnostics",
                     "baselines_summary",
+                    "split_manifest",
+                    "params:training",
                     "params:reporting",
                 ],
                 outputs="comparison_report",

@@ -12,25 +12,23 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
+from ptrag_kedro.metrics import metric_registry
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.plotting import new_figure
 from ptrag_kedro.schema import CELL_LINE, PERTURBATION
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
-
-
-def metric_bars(comparison: pd.DataFrame) -> tuple[Figure, go.Figure]:
-    """One panel per metric: mean per method with the sd over seeds as error bars."""
-    names = list(dict.fromkeys(comparison["metric"]))
+def metric_bars(
+    comparison: pd.DataFrame, reporting: ReportingParameters
+) -> tuple[Figure, go.Figure]:
+    """One panel per metric: mean per method with the sd over seeds as error bars; the y axis
+    spans the values (not from 0, which would hide differences of a few hundredths)."""
+    registry = metric_registry(reporting.n_pcs, reporting.de_fdr)
+    names = [name for name in registry if name in set(comparison["metric"])]
     columns = 4
     rows = int(np.ceil(len(names) / columns))
     figure, axes = new_figure(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
-    titles = []
-    for name in names:
-        higher = bool(comparison.loc[comparison["metric"] == name, "higher_is_better"].iloc[0])
-        titles.append(f"{name} {_arrow(higher)}")
+    titles = [registry[name].label for name in names]
     interactive = make_subplots(rows=rows, cols=columns, subplot_titles=titles)
     for position, (name, title) in enumerate(zip(names, titles, strict=True)):
         axis = axes[position // columns][position % columns]
@@ -39,9 +37,15 @@ def metric_bars(comparison: pd.DataFrame) -> tuple[Figure, go.Figure]:
         colours = ["C1" if kind == "model" else "C7" for kind in table["kind"]]
         axis.bar(methods, table["mean"], yerr=table["sd"], color=colours, capsize=3)
         chance = table["chance"].dropna()
+        shown = [*(table["mean"] - table["sd"].fillna(0)), *(table["mean"] + table["sd"].fillna(0))]
         if len(chance):
             axis.axhline(float(chance.iloc[0]), color="k", linestyle=":", linewidth=1)
+            shown.append(float(chance.iloc[0]))
+        low, high = float(np.nanmin(shown)), float(np.nanmax(shown))
+        pad = 0.08 * (high - low) or 0.05 * max(abs(high), 1e-3)
+        axis.set_ylim(low - pad, high + pad)
         axis.set_title(title)
+        axis.set_ylabel(name)
         axis.tick_params(axis="x", rotation=60, labelsize=8)
         interactive.add_trace(
             go.Bar(

@@ -1,4 +1,6 @@
-"""The markdown report: comparison, paired tests, gates, baselines and retrieval diagnostics."""
+"""The markdown report: what was run, the comparison, the paired tests, gates, baselines and
+retrieval diagnostics. Metric names, directions and descriptions come from the metric registry.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +8,30 @@ from typing import Any
 
 import pandas as pd
 
-from ptrag_kedro.parameters import ReportingParameters
+from ptrag_kedro.metrics import MetricSpec, metric_registry
+from ptrag_kedro.parameters import ReportingParameters, TrainingParameters
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
+def run_lines(
+    split_manifest: dict[str, Any], training: TrainingParameters, n_conditions: int
+) -> list[str]:
+    """What the table is of: split, held-out line, seeds and steps (a 20-step run says so)."""
+    line = split_manifest.get("heldout_cell_line") or "every line"
+    return [
+        f"Split `{split_manifest['mode']}` (seed {split_manifest.get('seed', 0)}, from "
+        f"{split_manifest.get('source', 'fractions')}), held-out line {line}, {n_conditions} test "
+        f"(cell line, perturbation) conditions; training {training.max_steps:,} steps, seeds "
+        f"{list(training.seeds)}, weights of the best val check "
+        f"{'kept' if training.select_on_val else 'not kept (last step)'}; screen "
+        f"{split_manifest.get('screen_fingerprint', 'unknown')}."
+    ]
 
 
-def comparison_table(comparison: pd.DataFrame) -> list[str]:
+def comparison_table(comparison: pd.DataFrame, registry: dict[str, MetricSpec]) -> list[str]:
     """Methods x metrics, mean ± sd over seeds, with each metric's direction and chance."""
-    metrics = list(dict.fromkeys(comparison["metric"]))
-    direction = comparison.groupby("metric")["higher_is_better"].first()
+    metrics = [name for name in registry if name in set(comparison["metric"])]
     lines = [
-        "| method | " + " | ".join(f"{name} {_arrow(direction[name])}" for name in metrics) + " |",
+        "| method | " + " | ".join(registry[name].label for name in metrics) + " |",
         "|" + "---|" * (len(metrics) + 1),
     ]
     for method, rows in comparison.groupby("method", sort=False):
@@ -41,37 +54,57 @@ def comparison_table(comparison: pd.DataFrame) -> list[str]:
         "",
         f"Mean over test (cell line, perturbation) conditions, ± sd over {n_seeds} training "
         "seed(s) (baselines: one draw). ↓ lower is better, ↑ higher is better; *chance* is the "
-        "score of a random guess where one is defined.",
+        "score of a prediction that carries no information about the condition (mean over the "
+        "conditions) where one is defined.",
+        "",
+        *(f"- `{name}`: {registry[name].description}." for name in metrics),
     ]
     return lines
 
 
-def paired_table(paired_tests: pd.DataFrame, significance: float) -> list[str]:
-    """Per variant and comparator role: each metric's difference, p-value and seed count."""
+def verdict(row: pd.Series) -> str:
+    """What a paired test allows one to say."""
+    if row["significantly_better"]:
+        return "**better**"
+    if row["significantly_worse"]:
+        return "*worse*"
+    if row["equivalent"]:
+        return "equivalent"
+    return "no verdict"
+
+
+def paired_table(
+    paired_tests: pd.DataFrame, registry: dict[str, MetricSpec], significance: float
+) -> list[str]:
+    """Per variant: each metric's difference against the reference and the best baseline, with
+    the hierarchical-bootstrap interval, the Holm-corrected p-value and the verdict."""
     lines = [
-        f"Wilcoxon signed-rank over test conditions (each method's values averaged over its "
-        f"seeds); a cell reads the mean difference (variant - comparator), the p-value, and in "
-        f"how many seeds the variant's mean is better. **Bold**: better with p < {significance}. "
-        "Against the best baseline, the cell names that baseline (the best by mean differs per "
-        "metric).",
-        "",
+        "Differences are variant - comparator, the mean over test conditions of the "
+        "seed-averaged values; [95 % interval] from a hierarchical bootstrap (conditions, then "
+        "seeds within conditions); p: two-sided, Holm-corrected across every row of "
+        f"`paired_tests`. **better** / *worse*: p < {significance}; equivalent: both one-sided "
+        "tests against the margin reject (TOST, Holm-corrected); otherwise no verdict. The best "
+        "baseline is the best by mean, per metric.",
     ]
-    metrics = list(dict.fromkeys(paired_tests["metric"]))
-    lines += ["| variant | against | " + " | ".join(metrics) + " |"]
-    lines += ["|" + "---|" * (len(metrics) + 2)]
-    for (method, role), rows in paired_tests.groupby(["method", "role"], sort=False):
-        cells = rows.set_index("metric")
-        values = []
-        for name in metrics:
-            row = cells.loc[name]
-            mark = "**" if row["significantly_better"] else ""
-            against = f" {row['comparator']}" if role != "reference" else ""
-            values.append(
-                f"{mark}{row['mean_difference']:+.4f}{mark} (p={row['p_value']:.2g}, "
-                f"{row['seeds_better']}){against}"
-            )
-        comparator = rows["comparator"].iloc[0] if role == "reference" else role
-        lines.append(f"| {method} | {comparator} | " + " | ".join(values) + " |")
+    for method, rows in paired_tests.groupby("method", sort=False):
+        roles = list(dict.fromkeys(rows["role"]))
+        lines += ["", f"**{method}**", ""]
+        lines += ["| metric | " + " | ".join(f"against {role}" for role in roles) + " |"]
+        lines += ["|" + "---|" * (len(roles) + 1)]
+        for name in [name for name in registry if name in set(rows["metric"])]:
+            cells = []
+            for role in roles:
+                match = rows[(rows["metric"] == name) & (rows["role"] == role)]
+                if match.empty:
+                    cells.append("")
+                    continue
+                row = match.iloc[0]
+                cells.append(
+                    f"{row['comparator']}: {row['mean_difference']:+.4f} "
+                    f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}], p={row['p_holm']:.2g}, "
+                    f"{verdict(row)}"
+                )
+            lines.append(f"| {registry[name].label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -99,15 +132,21 @@ def write_report(
     gate_summary: pd.DataFrame,
     retrieval_diagnostics: dict[str, Any],
     baselines_summary: dict[str, Any],
+    split_manifest: dict[str, Any],
+    training: TrainingParameters,
     reporting: ReportingParameters,
 ) -> str:
     """The markdown report of the comparison."""
-    lines = ["# ptrag-kedro: test-set comparison", "", *comparison_table(comparison), ""]
+    registry = metric_registry(reporting.n_pcs, reporting.de_fdr)
+    n_conditions = int(comparison["n_conditions"].max()) if len(comparison) else 0
+    lines = ["# ptrag-kedro: test-set comparison", ""]
+    lines += [*run_lines(split_manifest, training, n_conditions), ""]
+    lines += [*comparison_table(comparison, registry), ""]
     lines += ["## Paired tests", ""]
     if paired_tests.empty:
         lines.append("Nothing to compare: a single variant and no baselines.")
     else:
-        lines += paired_table(paired_tests, reporting.significance)
+        lines += paired_table(paired_tests, registry, reporting.significance)
     lines.append("")
     lines += ["## Retrieval gates", ""]
     if gate_summary.empty:
@@ -120,7 +159,13 @@ def write_report(
     lines += ["", "## Baselines", ""]
     for name, info in baselines_summary.get("ridge", {}).items():
         lines.append(f"- {name}: ridge alpha {info['alpha']:g}, chosen on the val groups.")
+    neighbours = baselines_summary.get("neighbour_mean") or {}
+    if neighbours:
+        lines.append(f"- neighbour_mean: k = {neighbours['k']}, chosen on the val groups.")
+    means = baselines_summary.get("fallback_means", {})
     for name, items in baselines_summary.get("fallbacks", {}).items():
-        lines.append(f"- {name}: {len(items)} test condition(s) fell back to no change.")
+        lines.append(
+            f"- {name}: {len(items)} test condition(s) fell back to {means.get(name, 'no change')}."
+        )
     lines += ["", "## Retrieval candidates", "", *_retrieval_lines(retrieval_diagnostics)]
     return "\n".join(lines) + "\n"
