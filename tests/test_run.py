@@ -325,3 +325,58 @@ def test_cli_ingestion_of_a_real_screen(project: Path, shared_data: Path) -> Non
     screen = ad.read_h5ad(project / "data/03_primary/screen.h5ad")
     assert screen.uns["ptrag"]["raw_screen"] == str(raw)
     assert _digest(raw) == before  # a raw input is never written
+
+
+def test_cross_validate_runs_every_fold_of_an_unseen_gene_split(project: Path) -> None:
+    """`kedro cross-validate`: the demo once, each fold in its own data folder (its held-out
+    line and split seed), then the pooled comparison; an unseen_gene split throughout."""
+    local = project / "conf" / "local" / "parameters.yml"
+    overrides = yaml.safe_load(local.read_text())
+    overrides["ingestion"]["split"] = {"mode": "unseen_gene"}
+    overrides["cross_validation"] = {
+        "prepare": "demo",
+        "folds": [
+            {"heldout_cell_line": "k562", "split_seed": 0},
+            {"heldout_cell_line": "hepg2", "split_seed": 1},
+        ],
+    }
+    local.write_text(yaml.safe_dump(overrides))
+    kedro = Path(sys.executable).with_name("kedro")
+    result = subprocess.run(
+        [str(kedro), "cross-validate"],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for fold, line in (("k562_s0", "k562"), ("hepg2_s1", "hepg2")):
+        folder = project / "data" / "folds" / fold
+        manifest = json.loads((folder / "03_primary/split_manifest.json").read_text())
+        assert manifest["mode"] == "unseen_gene" and manifest["heldout_cell_line"] == line
+        held = {g for e in manifest["cell_lines"].values() for g in (*e["val"], *e["test"])}
+        train = {g for e in manifest["cell_lines"].values() for g in e["train"]}
+        assert held and not held & train
+        assert (folder / "08_reporting/ptrag/metrics.csv").is_file()
+    assert not (project / "data/03_primary/screen.h5ad").exists()  # only the folds' folders
+    pooled = pd.read_csv(project / "data/08_reporting/cross_validation/comparison.csv")
+    assert set(pooled["fold"]) == {"pooled", "k562_s0", "hepg2_s1"}
+    sizes = pooled.groupby("fold")["n_conditions"].max()
+    assert sizes["pooled"] == sizes["k562_s0"] + sizes["hepg2_s1"]
+    paired = pd.read_csv(project / "data/08_reporting/cross_validation/paired_tests.csv")
+    assert (paired["n_conditions"] == sizes["pooled"]).all()
+    report = (project / "data/08_reporting/cross_validation/report.md").read_text()
+    assert "k562 (split seed 0), hepg2 (split seed 1)" in report
+    failed = subprocess.run(
+        [str(kedro), "cross-validate", "--folds=nope"],
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1
+    assert [line for line in failed.stderr.splitlines() if line.startswith("Error:")] == [
+        "Error: --folds: unknown fold(s) ['nope']; folds: ['k562_s0', 'hepg2_s1']"
+    ]

@@ -17,13 +17,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
 from kedro.validation.exceptions import ParameterValidationError
 
-from ptrag_kedro.errors import one_line, user_error_in
+from ptrag_kedro.errors import ParameterError, one_line, user_error_in
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +76,57 @@ run = click.Command(
     context_settings=kedro_run.context_settings,
 )
 cli.add_command(run)
+
+
+def _session(env: str | None, runtime_params: dict[str, Any] | None = None) -> Any:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+    from kedro.utils import find_kedro_project
+
+    project = find_kedro_project(Path.cwd()) or Path.cwd()
+    bootstrap_project(project)
+    return KedroSession.create(project_path=project, env=env, runtime_params=runtime_params)
+
+
+def cross_validate(env: str | None, only: str, pool_only: bool) -> None:
+    """Run every fold of ``cross_validation.folds`` (a held-out line and a split seed), each in
+    its own data folder, then the ``cross_validation`` pipeline that pools them."""
+    from ptrag_kedro.parameters import CrossValidationParameters
+
+    with _session(env) as session:
+        loader = session.load_context().config_loader
+        parameters, root = loader["parameters"], loader["globals"].get("data_root", "data")
+    if not parameters.get("cross_validation"):
+        raise ParameterError(
+            f"environment {env or 'local'} has no cross_validation.folds: run "
+            "`kedro cross-validate --env=cross_validation` (the demo) or add the block"
+        )
+    folds = CrossValidationParameters(**parameters["cross_validation"])
+    chosen = [fold for fold in folds.folds if not only or fold.name in only.split(",")]
+    unknown = sorted(set(filter(None, only.split(","))) - set(folds.names))
+    if unknown:
+        raise ParameterError(f"--folds: unknown fold(s) {unknown}; folds: {folds.names}")
+    if not pool_only:
+        if folds.prepare:
+            with _session(env) as session:
+                session.run(pipeline_name=folds.prepare)
+        for position, fold in enumerate(chosen, start=1):
+            logger.info("Fold %d of %d: %s", position, len(chosen), fold.name)
+            runtime = {
+                "data_root": f"{root}/folds/{fold.name}",
+                "heldout_cell_line": fold.heldout_cell_line,
+                "split_seed": fold.split_seed,
+            }
+            with _session(env, runtime) as session:
+                session.run(pipeline_name=folds.pipeline)
+    with _session(env) as session:
+        session.run(pipeline_name="cross_validation")
+
+
+@cli.command(name="cross-validate")
+@click.option("--env", "-e", default=None, help="Kedro environment with cross_validation.folds")
+@click.option("--folds", "only", default="", help="Comma-separated folds to run (default: all)")
+@click.option("--pool-only", is_flag=True, help="Only pool folds that have already run")
+def cross_validate_command(env: str | None, only: str, pool_only: bool) -> None:
+    """Every fold of the environment's cross_validation.folds, then the pooled comparison."""
+    _with_one_line_errors(cross_validate)(env, only, pool_only)

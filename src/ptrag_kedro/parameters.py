@@ -7,6 +7,7 @@ an error too (a misspelt option must not be silently ignored).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -125,6 +126,16 @@ class TrainingParameters:
         return several
 
 
+#: The kinds of slot a ``response`` variant may be given (models/_constants.RESPONSE_KINDS,
+#: without the diagnostic oracle).
+RESPONSE_SLOT_KINDS = (
+    "same_gene_other_line",
+    "neighbour_same_line",
+    "neighbour_other_lines",
+    "context",
+)
+
+
 @dataclass(frozen=True)
 class VariantParameters:
     """``variants.<name>``: what makes a variant, on top of the shared ``model`` backbone.
@@ -135,12 +146,15 @@ class VariantParameters:
         candidates_k: GenePT candidates per sentence for ``vanilla`` / ``ptrag``: at most
             ``retrieval_index.k``, or ``auto`` for every candidate ``retrieval_candidates`` lists.
         response_neighbours: neighbours per neighbour kind in the ``response`` block's slots.
+        response_kinds: the kinds of slot the ``response`` block is given (default: all of
+            same_gene_other_line, neighbour_same_line, neighbour_other_lines, context).
         label: how tables and plots name the variant (default: its key).
     """
 
     model: dict[str, Any] = field(default_factory=dict)
     candidates_k: int | Literal["auto"] = 0
     response_neighbours: int = 0
+    response_kinds: tuple[str, ...] = ()
     label: str = ""
 
     def __post_init__(self) -> None:
@@ -158,6 +172,13 @@ class VariantParameters:
             _require(
                 self.response_neighbours >= 1, "retrieval 'response' needs response_neighbours >= 1"
             )
+        _require(
+            isinstance(self.response_kinds, list | tuple)
+            and set(self.response_kinds) <= set(RESPONSE_SLOT_KINDS),
+            f"response_kinds must be a list among {list(RESPONSE_SLOT_KINDS)}, got "
+            f"{self.response_kinds!r}",
+        )
+        _set(self, "response_kinds", tuple(self.response_kinds))
 
     def model_config(
         self, backbone: dict[str, Any], n_genes: int, embedding_dim: int, n_batches: int
@@ -437,3 +458,79 @@ class RetrievalParameters:
             self.k == "auto" or (isinstance(self.k, int) and self.k >= 1),
             f"retrieval_index.k must be a positive integer or auto, not {self.k!r}",
         )
+
+
+_FOLD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class FoldParameters:
+    """One fold of ``cross_validation.folds``: the held-out line and the split's seed."""
+
+    heldout_cell_line: str
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _set(self, "heldout_cell_line", str(self.heldout_cell_line).strip())
+        _require(
+            isinstance(self.split_seed, int) and not isinstance(self.split_seed, bool),
+            f"cross_validation.folds: split_seed must be an integer, got {self.split_seed!r}",
+        )
+        _require(
+            bool(_FOLD_NAME.fullmatch(self.heldout_cell_line)),
+            "cross_validation.folds: heldout_cell_line must be a cell line name (letters, "
+            f"digits, _ and -), got {self.heldout_cell_line!r}",
+        )
+
+    @property
+    def name(self) -> str:
+        """The fold's name: its data folder and its key in the pooled tables."""
+        return f"{self.heldout_cell_line}_s{self.split_seed}"
+
+
+@dataclass(frozen=True)
+class CrossValidationParameters:
+    """``cross_validation``: the folds ``kedro cross-validate`` runs, one ``kedro run`` each.
+
+    Args:
+        folds: every (held-out line, split seed) to run; each gets its own data folder
+            (``<data_root>/folds/<fold>``).
+        pipeline: what each fold runs (``analysis``: ingestion to reporting).
+        prepare: run once before the folds (``demo``: simulate the demo screen); empty for a
+            real screen.
+    """
+
+    folds: tuple[FoldParameters, ...] = ()
+    pipeline: str = "analysis"
+    prepare: str = ""
+
+    def __post_init__(self) -> None:
+        folds = self.folds
+        _require(
+            isinstance(folds, list | tuple) and len(folds) > 0,
+            f"cross_validation.folds must be a non-empty list of folds, got {folds!r}",
+        )
+        parsed = tuple(
+            fold if isinstance(fold, FoldParameters) else FoldParameters(**_fold_dict(fold))
+            for fold in folds
+        )
+        names = [fold.name for fold in parsed]
+        _require(
+            len(set(names)) == len(names),
+            f"cross_validation.folds must be distinct, got {names}",
+        )
+        _set(self, "folds", parsed)
+        _set(self, "prepare", str(self.prepare or ""))
+
+    @property
+    def names(self) -> list[str]:
+        return [fold.name for fold in self.folds]
+
+
+def _fold_dict(fold: Any) -> dict[str, Any]:
+    _require(
+        isinstance(fold, dict),
+        f"cross_validation.folds: each fold must be a mapping with heldout_cell_line and "
+        f"split_seed, got {fold!r}",
+    )
+    return fold

@@ -5,6 +5,8 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from ptrag_kedro.pipelines import (
+    cell_eval,
+    cross_validation,
     demo,
     download,
     genept,
@@ -13,7 +15,7 @@ from ptrag_kedro.pipelines import (
     retrieval_index,
     training,
 )
-from ptrag_kedro.variants import variant_names
+from ptrag_kedro.variants import fold_names, variant_names
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -23,7 +25,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     The packages are listed here rather than found with ``find_pipelines``: since Kedro 1.5,
     ``find_pipelines`` under ``kedro run --pipeline=NAME`` imports only a package called NAME, and
     composite names (``analysis``, ``__default__``, the per-variant training instances) are not
-    packages. The variants are the keys of the run's ``variants`` parameter.
+    packages. The variants are the keys of the run's ``variants`` parameter; ``cross_validation``
+    exists in an environment with ``cross_validation.folds``.
     """
     variants = variant_names()
     pipelines = {
@@ -33,7 +36,13 @@ def register_pipelines() -> dict[str, Pipeline]:
         "genept": genept.create_pipeline(),
         "retrieval_index": retrieval_index.create_pipeline(),
         "reporting": reporting.create_pipeline(variants),
+        # cell-eval's second opinion on reporting's predictions: in no composite, since it
+        # needs the optional `eval` extra.
+        "cell_eval": cell_eval.create_pipeline(variants),
     }
+    folds = fold_names()
+    if folds:  # an environment with cross_validation.folds: `kedro cross-validate` pools them
+        pipelines["cross_validation"] = cross_validation.create_pipeline(folds, variants)
     for variant in variants:
         pipelines[f"train_{variant}"] = training.variant_pipeline(variant)
     pipelines["training"] = training.create_pipeline(variants)

@@ -20,8 +20,9 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 #: Namespaces the reporting pipeline uses itself.
 RESERVED = {"baselines", "reporting", "training"}
 
-_from_run: tuple[str, ...] | None = None
-_built_with: tuple[str, ...] | None = None
+#: (variant names, fold names) of the run, and those the pipelines were last built with
+_from_run: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+_built_with: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
 
 class VariantError(UserError, ValueError):
@@ -46,7 +47,17 @@ def names_from_parameters(parameters: dict[str, Any]) -> tuple[str, ...]:
     return names
 
 
-def _names_from_configuration() -> tuple[str, ...]:
+def fold_names_from_parameters(parameters: dict[str, Any]) -> tuple[str, ...]:
+    """The folds of ``cross_validation`` (none when the run has no such block)."""
+    block = parameters.get("cross_validation")
+    if not block:
+        return ()
+    from ptrag_kedro.parameters import CrossValidationParameters
+
+    return tuple(CrossValidationParameters(**block).names)
+
+
+def _configuration() -> dict[str, Any]:
     from kedro.config import OmegaConfigLoader
     from kedro.framework.project import settings
     from kedro.utils import find_kedro_project
@@ -57,18 +68,43 @@ def _names_from_configuration() -> tuple[str, ...]:
         env=os.environ.get("KEDRO_ENV"),
         **settings.CONFIG_LOADER_ARGS,
     )
-    return names_from_parameters(loader["parameters"])
+    return loader["parameters"]
+
+
+def _names(parameters: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return names_from_parameters(parameters), fold_names_from_parameters(parameters)
+
+
+def check_reference(parameters: dict[str, Any], names: tuple[str, ...]) -> None:
+    """The paired tests' reference must be a variant of the run (checked before any node)."""
+    reference = (parameters.get("reporting") or {}).get("reference_variant", "state")
+    if reference not in names:
+        raise VariantError(
+            f"reporting.reference_variant must be a variant of this run ({', '.join(names)}), "
+            f"got {reference!r}"
+        )
 
 
 def use_run_parameters(parameters: dict[str, Any]) -> bool:
-    """Take the variant names of this run; True when pipelines built before must be rebuilt."""
+    """Take the variant (and fold) names of this run; True when pipelines built before must be
+    rebuilt."""
     global _from_run
-    _from_run = names_from_parameters(parameters)
+    _from_run = _names(parameters)
+    check_reference(parameters, _from_run[0])
     return _built_with is not None and _built_with != _from_run
+
+
+def _current() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    global _built_with
+    _built_with = _from_run if _from_run is not None else _names(_configuration())
+    return _built_with
 
 
 def variant_names() -> tuple[str, ...]:
     """The variants of the current run (recorded as the ones the pipelines are built with)."""
-    global _built_with
-    _built_with = _from_run if _from_run is not None else _names_from_configuration()
-    return _built_with
+    return _current()[0]
+
+
+def fold_names() -> tuple[str, ...]:
+    """The cross-validation folds of the current run (none outside such an environment)."""
+    return _current()[1]

@@ -216,3 +216,42 @@ def test_the_gate_keeps_a_planted_oracle(prepared_inputs, tmp_path) -> None:
     gates = torch.cat(gates)
     oracle, others = gates[:, -1].mean().item(), gates[:, :-1].mean().item()
     assert oracle > 0.5 and oracle > 10 * others
+
+
+def test_response_kinds_leave_the_other_slots_empty(prepared_inputs) -> None:
+    """A bank given some kinds fills only those; the layout (and every filled slot) is the
+    full bank's, so a model reads the same slot positions either way."""
+    full = _bank(prepared_inputs)
+    kinds = ("neighbour_same_line", "context")
+    partial = ResponseBank(
+        prepared_inputs["perturbation_responses"],
+        prepared_inputs["retrieval_candidates"],
+        [str(gene) for gene in prepared_inputs["screen"].var_names],
+        sorted(prepared_inputs["split_manifest"]["cell_lines"]),
+        NEIGHBOURS,
+        kinds,
+    )
+    assert partial.n_slots == full.n_slots
+    dropped = 0
+    for line, name in _train_queries(prepared_inputs)[::3]:
+        every, some = full.slots(line, name), partial.slots(line, name)
+        assert some.kinds == every.kinds
+        for kind, kept, filled in zip(every.kinds, some.mask, every.mask, strict=True):
+            assert kept == (filled and kind in kinds)
+            dropped += int(filled and not kept)
+        values = partial.gather([some])[keys.RESPONSES][0].numpy()
+        np.testing.assert_array_equal(
+            values[some.mask], full.gather([every])[keys.RESPONSES][0].numpy()[some.mask]
+        )
+        assert not values[~some.mask].any()
+    assert dropped > 0  # the same-gene slots of train queries were there to drop
+
+
+def test_the_variant_kinds_are_the_banks_kinds() -> None:
+    from ptrag_kedro.parameters import RESPONSE_SLOT_KINDS, VariantParameters
+
+    assert set(RESPONSE_SLOT_KINDS) == set(keys.RESPONSE_KINDS) - {"oracle"}
+    with pytest.raises(ValueError, match="response_kinds must be a list among"):
+        VariantParameters(
+            model={"retrieval": "response"}, response_neighbours=2, response_kinds=["oracle"]
+        )

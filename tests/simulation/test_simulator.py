@@ -296,6 +296,22 @@ def test_interaction_off_is_the_screen_without_it(tiny_config: SimulationConfig)
     np.testing.assert_array_equal(embeddings[0].to_numpy(), embeddings[1].to_numpy())
 
 
+def test_main_stream_is_that_of_the_simulator_before_the_interaction(
+    tiny_config: SimulationConfig,
+) -> None:
+    """The interaction draws from a stream of its own: today's labels, pinned.
+
+    Digest of the tiny screen's obs and gene-table labels as the simulator wrote them before the
+    interaction existed (integer and uniform draws only, so it does not depend on the platform's
+    floating-point exp/log). A change here means every existing demo screen changed: update the
+    digest only on purpose.
+    """
+    plan = plan_screen(tiny_config)
+    columns = ["module", "embedding_module", "misleading_embedding", "perturbed"]
+    text = plan.obs.to_csv() + plan.genes[columns].to_csv()
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == "294a9f65e61105cf"
+
+
 def test_interaction_moves_only_its_own_draws(tiny_config: SimulationConfig) -> None:
     """On, only module genes' groups and embeddings change; topics do not depend on the weight."""
     settings = {**tiny_config.to_dict(), "interaction_topics": 2}

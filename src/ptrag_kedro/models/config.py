@@ -180,12 +180,18 @@ class SentenceSpec:
             responses are read.
         same_batch_controls: pair each perturbed cell with a control of its own batch (gem
             group) when the line has one there.
+        response_kinds: the kinds of response slot that are filled (empty: every kind); the
+            others stay in the layout, empty and masked.
     """
 
     cell_set_size: int
     candidates_k: int = 0
     response_neighbours: int = 0
     same_batch_controls: bool = False
+    response_kinds: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "response_kinds", tuple(self.response_kinds))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "response_kinds": list(self.response_kinds)}

@@ -55,6 +55,9 @@ class ResponseBank:
         genes: the screen's gene order; the table's gene columns must follow it.
         cell_lines: every line of the screen (slot 1 has one slot per other line).
         neighbours: slots of kinds 2 and 3 each.
+        kinds: the slot kinds that are filled (empty: all); the others stay empty and masked,
+            e.g. no same-gene slot where every query's gene is unseen, so training looks like
+            test.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ResponseBank:
         genes: list[str],
         cell_lines: list[str],
         neighbours: int,
+        kinds: tuple[str, ...] = (),
     ) -> None:
         gene_columns = [column for column in responses.columns if column not in RESPONSE_COLUMNS]
         if gene_columns != [str(gene) for gene in genes]:
@@ -73,6 +77,7 @@ class ResponseBank:
             )
         self.cell_lines = list(cell_lines)
         self.neighbours = int(neighbours)
+        self.kinds = frozenset(kinds or keys.RESPONSE_KINDS)
         self.shifts = responses[gene_columns].to_numpy(dtype=np.float32)  # [N, G]
         self.n_cells = responses["n_cells"].to_numpy(dtype=np.float64)
         row_lines = responses[CELL_LINE].astype(str).to_numpy()
@@ -124,7 +129,7 @@ class ResponseBank:
 
     def slots(self, line: str, perturbation: str) -> ResponseSlots:
         """The slots of the query (``line``, ``perturbation``)."""
-        builder = _SlotBuilder()
+        builder = _SlotBuilder(self.kinds)
         for other in self.cell_lines:
             if other == line:
                 continue
@@ -215,7 +220,8 @@ def slot_features(kind: str, similarity: float, n_cells: float) -> np.ndarray:
 class _SlotBuilder:
     """Collects slots one by one; an empty slot (``row`` None) is masked and reads zeros."""
 
-    def __init__(self) -> None:
+    def __init__(self, kinds: frozenset[str]) -> None:
+        self.filled_kinds = kinds
         self.rows: list[int] = []
         self.add_context: list[bool] = []
         self.mask: list[bool] = []
@@ -232,7 +238,7 @@ class _SlotBuilder:
         similarity: float,
         n_cells: float,
     ) -> None:
-        filled = row is not None
+        filled = row is not None and kind in self.filled_kinds
         self.rows.append(row if filled else 0)
         self.add_context.append(add_context and filled)
         self.mask.append(filled)

@@ -89,6 +89,7 @@ class SentenceSampler:
                 [str(gene) for gene in screen.var_names],
                 sorted(self.controls_by_line),
                 spec.response_neighbours,
+                spec.response_kinds,
             )
         chosen = (_labels(obs[SPLIT]) == split) & ~is_control
         self.groups = self._groups(

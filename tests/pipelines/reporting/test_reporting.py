@@ -612,31 +612,3 @@ def test_comparison_paired_tests_report_and_plots(
         assert (tmp_path / f"{index}.png").stat().st_size > 5_000
     with pytest.raises(ValueError, match="reference_variant"):
         compare_methods(ReportingParameters(reference_variant="nope"), baseline_metrics, **metrics)
-
-
-def test_pearson_delta_and_mse_agree_with_cell_eval(trained, prepared_inputs) -> None:
-    """cell-eval (Arc's metrics) on the same predictions: the same numbers given our controls."""
-    cell_eval_metrics = pytest.importorskip(
-        "cell_eval.metrics", reason="optional extra 'eval' not installed"
-    )
-    from ptrag_kedro.metrics.cell_eval_bridge import cell_eval_pair
-
-    screen = prepared_inputs["screen"]
-    predictions, _ = _predict(trained["state"][0], prepared_inputs)
-    ours = evaluate_predictions(predictions, screen, REPORTING)
-    ours = ours[ours["level"] == "condition"].pivot_table(
-        index="perturbation", columns="metric", values="value"
-    )
-    pair = cell_eval_pair(
-        predictions, screen, prepared_inputs["split_manifest"]["heldout_cell_line"], "non-targeting"
-    )
-    theirs_pearson = cell_eval_metrics.pearson_delta(pair)
-    theirs_mse = cell_eval_metrics.mse(pair)
-    assert set(theirs_pearson) == set(ours.index)
-    for perturbation in ours.index:
-        assert ours.loc[perturbation, "pearson_delta"] == pytest.approx(
-            theirs_pearson[perturbation], abs=1e-5
-        )
-        assert ours.loc[perturbation, "mse"] == pytest.approx(
-            theirs_mse[perturbation], rel=1e-4, abs=1e-7
-        )

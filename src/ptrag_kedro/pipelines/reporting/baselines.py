@@ -269,13 +269,14 @@ def predict_baselines(
     perturbation_embeddings: pd.DataFrame,
     split_manifest: dict[str, Any],
     reporting: ReportingParameters,
+    split: str = TEST,
 ) -> tuple[ad.AnnData, dict[str, Any]]:
     """Every baseline's predicted cells (obs ``method``) and a summary (alphas, fallbacks)."""
     data = baseline_data(screen, perturbation_embeddings, reporting)
     spec = SentenceSpec(cell_set_size=1, same_batch_controls=reporting.same_batch_controls)
     sampler = samplers_for(
-        (TEST,), spec, screen, split_manifest, perturbation_embeddings, pd.DataFrame(), None
-    )[TEST]
+        (split,), spec, screen, split_manifest, perturbation_embeddings, pd.DataFrame(), None
+    )[split]
     cell_names = screen.obs_names.to_numpy()
     blocks, obs_rows = [], []
     for index, group in enumerate(sampler.groups):

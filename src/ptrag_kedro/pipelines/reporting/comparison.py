@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ptrag_kedro.errors import ParameterError
 from ptrag_kedro.metrics import metric_registry, paired_test
 from ptrag_kedro.metrics.paired import hierarchical_bootstrap, holm
 from ptrag_kedro.parameters import ReportingParameters
@@ -225,7 +226,7 @@ def compare_methods(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``comparison`` and ``paired_tests`` of the variants (keyword = name) and baselines."""
     if reporting.reference_variant not in variants:
-        raise ValueError(
+        raise ParameterError(
             f"reporting.reference_variant '{reporting.reference_variant}' is not a variant of "
             f"this run ({', '.join(variants)})"
         )

@@ -38,15 +38,17 @@ class _LineReference:
         means: np.ndarray,
         control_means: dict[str, np.ndarray],
         reporting: ReportingParameters,
+        split: str = TEST,
     ) -> None:
         obs = screen.obs
         in_line = (obs[CELL_LINE] == line).to_numpy()
         # Only this line's test and control cells are read and made dense.
-        chosen = in_line & obs[SPLIT].isin([TEST, CONTROL]).to_numpy()
+        self.split = split
+        chosen = in_line & obs[SPLIT].isin([split, CONTROL]).to_numpy()
         self.obs = obs[chosen]
         self.expression = expression[np.flatnonzero(chosen)]
         self.controls = self.expression[(self.obs[SPLIT] == CONTROL).to_numpy()]
-        fitted = np.vstack([self.expression[(self.obs[SPLIT] == TEST).to_numpy()], self.controls])
+        fitted = np.vstack([self.expression[(self.obs[SPLIT] == split).to_numpy()], self.controls])
         self.pca = PCA(
             n_components=min(reporting.n_pcs, *fitted.shape), svd_solver="full", random_state=0
         ).fit(fitted)
@@ -57,7 +59,7 @@ class _LineReference:
         self.centroid_names = groups.loc[in_groups, PERTURBATION].astype(str).tolist()
         self.centroids = means[in_groups]
         self.centroids_pca = self.pca.transform(self.centroids)
-        is_test = (groups.loc[in_groups, SPLIT] == TEST).to_numpy()
+        is_test = (groups.loc[in_groups, SPLIT] == split).to_numpy()
         self.test_names = [n for n, test in zip(self.centroid_names, is_test, strict=True) if test]
         self.test_deltas = self.centroids[is_test] - control_mean
         self.gene_column = {str(gene): column for column, gene in enumerate(screen.var_names)}
@@ -68,7 +70,7 @@ class _LineReference:
         }
 
     def real(self, perturbation: str) -> np.ndarray:
-        chosen = (self.obs[PERTURBATION] == perturbation) & (self.obs[SPLIT] == TEST)
+        chosen = (self.obs[PERTURBATION] == perturbation) & (self.obs[SPLIT] == self.split)
         return self.expression[chosen.to_numpy()]
 
     def inputs(
@@ -152,13 +154,14 @@ def _condition_rows(
 
 
 def evaluate_predictions(
-    predictions: ad.AnnData, screen: ad.AnnData, reporting: ReportingParameters
+    predictions: ad.AnnData, screen: ad.AnnData, reporting: ReportingParameters, split: str = TEST
 ) -> pd.DataFrame:
     """Every metric per (method, seed, cell line, perturbation), then mean and median rows.
 
     PCA (``reporting.n_pcs`` components) is fitted per cell line on that line's real cells:
     every test perturbation's cells and the controls. Metrics with a chance level get a row of
-    level ``chance`` per method: its mean over the conditions.
+    level ``chance`` per method: its mean over the conditions. ``split``: ``test`` in the
+    pipeline, ``val`` where choices are made (benchmarks/choose_on_val.py).
     """
     registry = metric_registry(reporting.n_pcs, reporting.de_fdr)
     methods = (
@@ -174,28 +177,43 @@ def evaluate_predictions(
     rows, chance_rows = [], []
     for line in predictions.obs[CELL_LINE].unique():
         reference = _LineReference(
-            screen, expression, str(line), perturbed, means[~is_control], control_means, reporting
+            screen,
+            expression,
+            str(line),
+            perturbed,
+            means[~is_control],
+            control_means,
+            reporting,
+            split,
         )
         line_rows, line_chance = _condition_rows(
             predictions, methods, reference, str(line), registry
         )
         rows += line_rows
         chance_rows += line_chance
-    table = pd.DataFrame(rows)
-    per_seed = table.groupby(["method", "seed", "metric"], observed=True)["value"]
-    chance = pd.DataFrame(chance_rows).groupby("metric", sort=False)["value"].mean()
-    chance = pd.DataFrame(
+    return with_summary(pd.DataFrame(rows), pd.DataFrame(chance_rows))
+
+
+def with_summary(conditions: pd.DataFrame, chance: pd.DataFrame) -> pd.DataFrame:
+    """A metrics table from its per-condition rows (method, seed, line, perturbation, metric,
+    value) and each condition's chance levels: the rows, then per (method, seed, metric) the
+    mean and median over conditions, and per method each metric's mean chance level."""
+    per_seed = conditions.groupby(["method", "seed", "metric"], observed=True)["value"]
+    mean_chance = chance.groupby("metric", sort=False)["value"].mean() if len(chance) else {}
+    chance_rows = pd.DataFrame(
         [
             {"method": method, "metric": name, "value": value}
-            for method in table["method"].unique()
-            for name, value in chance.items()
-        ]
+            for method in conditions["method"].unique()
+            for name, value in dict(mean_chance).items()
+        ],
+        columns=["method", "metric", "value"],
     )
     summary = pd.concat(
         [
             per_seed.mean().reset_index().assign(level="mean"),
             per_seed.median().reset_index().assign(level="median"),
-            chance.assign(level="chance"),
+            chance_rows.assign(level="chance"),
         ]
     )
-    return pd.concat([table.assign(level="condition"), summary], ignore_index=True)[METRIC_COLUMNS]
+    table = pd.concat([conditions.assign(level="condition"), summary], ignore_index=True)
+    return table[METRIC_COLUMNS]

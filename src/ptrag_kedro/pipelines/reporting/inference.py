@@ -131,16 +131,18 @@ def predict_test_cells(
     perturbation_responses: pd.DataFrame,
     split_manifest: dict[str, Any],
     reporting: ReportingParameters,
+    split: str = TEST,
 ) -> tuple[ad.AnnData, pd.DataFrame]:
     """Predicted cells for every test condition, as many as the real ones, per training seed.
 
     Gates follow the model's ``gate_inference`` (PT-RAG samples them from a generator seeded
     per condition, so predictions are reproducible). Returns the predictions and the gates
     table (per seed, condition and candidate: the mean gate; empty for a model without gates).
+    ``split`` is ``test`` in the pipeline; choices are made on ``val`` (choose_on_val.py).
     """
     spec = dataclasses.replace(model.sentences, same_batch_controls=reporting.same_batch_controls)
     provenance, samplers = checked_samplers(
-        (TEST,),
+        (split,),
         spec,
         screen,
         split_manifest,
@@ -149,7 +151,7 @@ def predict_test_cells(
         perturbation_responses,
     )
     model.check_inputs(list(screen.var_names), provenance)
-    sampler = samplers[TEST]
+    sampler = samplers[split]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     blocks, obs_rows, gate_rows = [], [], []
     for seed, module in model.modules():

@@ -33,6 +33,7 @@ def sentence_spec(
         candidates_k=variant.resolved_candidates_k(listed),
         response_neighbours=variant.response_neighbours if variant.retrieval == "response" else 0,
         same_batch_controls=training.same_batch_controls,
+        response_kinds=variant.response_kinds if variant.retrieval == "response" else (),
     )
 
 
