@@ -16,14 +16,21 @@ is what several nodes need anyway (``--nnodes``, SLURM), so one node and many sh
 point. Lightning's default DDP launcher, finally, re-runs the command line (all of ``kedro run``)
 in every rank.
 
-The job file is a pickle (the sentence samplers, the parameters) written by the training node:
-run this entry point only on job folders this project wrote.
+The job folder holds data only, never code: ``job.json`` (the parameters, the model's config,
+what the samplers are built from, the run's identity), the initial weights as tensors (loaded
+with ``weights_only=True``), the embeddings, candidates and responses as parquet, and the
+screen's h5ad path (or the screen itself, written there when it was in memory). Every rank
+rebuilds the same samplers from them. A job carries a run id and its creation time: the node
+passes ``--run-id`` to its own ranks and logs it in the other nodes' command, and a node
+started by a scheduler passes ``--not-before <its start, epoch seconds>``; a job of another run,
+or one left from before that start (a failed run's), is refused.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -31,19 +38,22 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import pandas as pd
 import torch
 import torch.distributed as dist
 
 from ptrag_kedro.datasets._files import atomic_write_path
 from ptrag_kedro.errors import UserError, one_line
-from ptrag_kedro.models.config import ModelConfig
+from ptrag_kedro.expression_rows import ExpressionRows
+from ptrag_kedro.models.config import ModelConfig, SentenceSpec
 from ptrag_kedro.models.module import PerturbationModel
-from ptrag_kedro.models.sentences import SentenceSampler
+from ptrag_kedro.models.sentences import SamplerSource, SentenceSampler
 from ptrag_kedro.models.training import FitResult, fit
 from ptrag_kedro.parameters import TrainingParameters
 
@@ -51,7 +61,12 @@ logger = logging.getLogger(__name__)
 
 #: What torchrun runs in every rank (tests point it at a module that wraps :func:`main`).
 ENTRY_MODULE = "ptrag_kedro.models.distributed"
-JOB_FILE = "job.pt"
+#: The job's description: written last, so its presence means the job folder is complete.
+JOB_FILE = "job.json"
+JOB_FORMAT = 2  # 2: data only (json, tensors, parquet, h5ad); 1 was a pickle
+WEIGHTS_FILE = "initial_weights.pt"
+TABLE_FILE = "{name}.parquet"
+SCREEN_FILE = "screen.h5ad"
 RESULT_FILE = "result.pt"
 LOG_FILE = "torchrun.log"
 ERROR_FILE = "error_rank{rank}.txt"
@@ -68,16 +83,49 @@ class DistributedTrainingError(UserError, RuntimeError):
 
 @dataclass
 class TrainingJob:
-    """Everything a rank needs to call ``fit``: what the node would have passed in-process."""
+    """Everything a rank needs to call ``fit``: what the node would have passed in-process.
+
+    The samplers travel as what they are built from (``SamplerSource``), never pickled.
+    """
 
     model_config: dict[str, Any]
     initial_weights: dict[str, torch.Tensor]
-    train_sampler: SentenceSampler
-    val_sampler: SentenceSampler
+    train_source: SamplerSource
+    val_source: SamplerSource
     training: TrainingParameters
     seed: int
     checkpoint_dir: str
     provenance: dict[str, str]
+    run_id: str = ""
+    created: float = 0.0
+
+    @classmethod
+    def of(
+        cls,
+        model: PerturbationModel,
+        train_sampler: SentenceSampler,
+        val_sampler: SentenceSampler,
+        training: TrainingParameters,
+        seed: int,
+        checkpoint_dir: str | Path,
+        provenance: dict[str, str] | None = None,
+    ) -> TrainingJob:
+        """The job of in-process ``fit``'s arguments, with a new run id."""
+        for sampler in (train_sampler, val_sampler):
+            if sampler.source is None or sampler.source.oracle:
+                raise ValueError("a DDP job needs samplers built from the catalog's inputs")
+        return cls(
+            model_config=model.config.to_dict(),
+            initial_weights={name: value.cpu() for name, value in model.state_dict().items()},
+            train_source=train_sampler.source,
+            val_source=val_sampler.source,
+            training=training,
+            seed=seed,
+            checkpoint_dir=str(Path(checkpoint_dir).resolve()),
+            provenance=dict(provenance or {}),
+            run_id=uuid.uuid4().hex,
+            created=time.time(),
+        )
 
 
 def job_folder(checkpoint_dir: str | Path) -> Path:
@@ -104,24 +152,17 @@ def fit_on_processes(
     filesystem they share).
     """
     job_dir = job_folder(checkpoint_dir)
-    write_job(
-        job_dir,
-        TrainingJob(
-            model_config=model.config.to_dict(),
-            initial_weights={name: value.cpu() for name, value in model.state_dict().items()},
-            train_sampler=train_sampler,
-            val_sampler=val_sampler,
-            training=training,
-            seed=seed,
-            checkpoint_dir=str(Path(checkpoint_dir).resolve()),
-            provenance=dict(provenance or {}),
-        ),
+    job = TrainingJob.of(
+        model, train_sampler, val_sampler, training, seed, checkpoint_dir, provenance
     )
+    write_job(job_dir, job)
     processes = training.processes_per_node()
     if training.num_nodes > 1:
         endpoint = training.rendezvous_endpoint or f"{socket.getfqdn()}:{DEFAULT_RENDEZVOUS_PORT}"
         others = [
-            shlex.join(torchrun_command(job_dir, processes, training.num_nodes, endpoint, rank))
+            shlex.join(
+                torchrun_command(job_dir, processes, training.num_nodes, endpoint, rank, job.run_id)
+            )
             for rank in range(1, training.num_nodes)
         ]
         logger.info(
@@ -132,7 +173,9 @@ def fit_on_processes(
         )
     else:
         endpoint = f"127.0.0.1:{free_port()}"
-    command = torchrun_command(job_dir, processes, training.num_nodes, endpoint, node_rank=0)
+    command = torchrun_command(
+        job_dir, processes, training.num_nodes, endpoint, node_rank=0, run_id=job.run_id
+    )
     logger.info(
         "Training seed %d with DDP, %d process(es) x %d node(s), a global batch of %d: %s",
         seed,
@@ -146,18 +189,140 @@ def fit_on_processes(
 
 
 def write_job(job_dir: Path, job: TrainingJob) -> None:
-    """The job file (atomically), after removing the result and errors of an earlier run."""
+    """The job folder, in data-only files, after removing an earlier run's; ``job.json`` last
+    (atomically), so a folder with it is complete."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [job_dir / RESULT_FILE, *job_dir.glob(ERROR_FILE.format(rank="*"))]:
-        stale.unlink(missing_ok=True)
+    _remove_job_files(job_dir, also=[RESULT_FILE, *(p.name for p in job_dir.glob("error_rank*"))])
+    with atomic_write_path(job_dir / WEIGHTS_FILE) as tmp_path:
+        torch.save(job.initial_weights, tmp_path)  # tensors only
+    sources = {"train": job.train_source, "val": job.val_source}
+    first = job.train_source
+    for name in ("embeddings", "candidates", "responses"):
+        table = getattr(first, name)
+        if table is not None:
+            with atomic_write_path(job_dir / TABLE_FILE.format(name=name)) as tmp_path:
+                table.to_parquet(tmp_path)
+    screen = first.screen
+    if screen.isbacked and screen.filename is not None:
+        screen_path = str(Path(screen.filename).resolve())
+    else:  # in memory (a test, a notebook): written here, read back by every rank
+        with atomic_write_path(job_dir / SCREEN_FILE) as tmp_path:
+            screen.write_h5ad(tmp_path)
+        screen_path = SCREEN_FILE
+    description = {
+        "format": JOB_FORMAT,
+        "run_id": job.run_id,
+        "created": job.created,
+        "model_config": job.model_config,
+        "training": dataclasses.asdict(job.training),
+        "seed": job.seed,
+        "checkpoint_dir": job.checkpoint_dir,
+        "provenance": job.provenance,
+        "screen": screen_path,
+        "responses": first.responses is not None,
+        "samplers": {
+            role: {
+                "split": source.split,
+                "spec": source.spec.to_dict(),
+                "control_label": source.control_label,
+            }
+            for role, source in sources.items()
+        },
+    }
     with atomic_write_path(job_dir / JOB_FILE) as tmp_path:
-        torch.save(job, tmp_path)  # both samplers in one pickle: a shared matrix is stored once
+        tmp_path.write_text(json.dumps(description, indent=1))
+
+
+def _remove_job_files(job_dir: Path, also: list[str] = ()) -> None:
+    """A job's data files (and ``also``), e.g. once its result is read; the log stays."""
+    names = [JOB_FILE, "job.pt", WEIGHTS_FILE, SCREEN_FILE, *also]
+    names += [TABLE_FILE.format(name=name) for name in ("embeddings", "candidates", "responses")]
+    for name in names:
+        (job_dir / name).unlink(missing_ok=True)
+
+
+def read_job(
+    job_dir: Path, run_id: str | None = None, not_before: float | None = None
+) -> tuple[TrainingJob, SentenceSampler, SentenceSampler]:
+    """The job of ``job_dir`` and the samplers it describes, rebuilt from data-only files.
+
+    Refuses (one line) a job of another run (``run_id``) or one written before ``not_before``
+    (epoch seconds: a job left by an earlier, failed run), and a job of another format.
+    """
+    path = job_dir / JOB_FILE
+    if not path.is_file():
+        raise DistributedTrainingError(
+            f"no training job in {job_dir} ({JOB_FILE}); the training node writes it: start "
+            "`kedro run` (node rank 0) before the other nodes' torchrun"
+        )
+    try:
+        description = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DistributedTrainingError(f"{path}: not a training job ({error})") from error
+    if not isinstance(description, dict) or description.get("format") != JOB_FORMAT:
+        raise DistributedTrainingError(
+            f"{path}: a job of another format; rerun the training node to write a new one"
+        )
+    if run_id is not None and description.get("run_id") != run_id:
+        raise DistributedTrainingError(
+            f"{path}: a job of another run ({description.get('run_id')}, this node joins "
+            f"{run_id}); start this node with the command the training node logs"
+        )
+    if not_before is not None and float(description.get("created", 0.0)) < not_before:
+        raise DistributedTrainingError(
+            f"{path}: a job written before this node started (left by an earlier run); wait "
+            "for the training node to write this run's job"
+        )
+    weights = torch.load(job_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    screen_path = Path(description["screen"])
+    screen = ad.read_h5ad(
+        screen_path if screen_path.is_absolute() else job_dir / screen_path, backed="r"
+    )
+    tables = {
+        name: pd.read_parquet(job_dir / TABLE_FILE.format(name=name))
+        for name in ("embeddings", "candidates", "responses")
+        if name != "responses" or description["responses"]
+    }
+    expression = ExpressionRows.of(screen)
+    sources, samplers = {}, {}
+    for role, entry in description["samplers"].items():
+        spec = SentenceSpec(**entry["spec"])
+        samplers[role] = SentenceSampler(
+            screen,
+            tables["embeddings"],
+            tables["candidates"],
+            entry["split"],
+            spec,
+            entry["control_label"],
+            tables.get("responses"),
+            expression=expression,
+        )
+        sources[role] = samplers[role].source
+    job = TrainingJob(
+        model_config=description["model_config"],
+        initial_weights=weights,
+        train_source=sources["train"],
+        val_source=sources["val"],
+        training=TrainingParameters(**description["training"]),
+        seed=int(description["seed"]),
+        checkpoint_dir=description["checkpoint_dir"],
+        provenance=description["provenance"],
+        run_id=description["run_id"],
+        created=float(description["created"]),
+    )
+    return job, samplers["train"], samplers["val"]
 
 
 def torchrun_command(
-    job_dir: Path, processes: int, num_nodes: int, endpoint: str, node_rank: int
+    job_dir: Path,
+    processes: int,
+    num_nodes: int,
+    endpoint: str,
+    node_rank: int,
+    run_id: str | None = None,
 ) -> list[str]:
-    """The torchrun command line of one node (c10d rendezvous at ``endpoint``)."""
+    """The torchrun command line of one node (c10d rendezvous at ``endpoint``); its ranks
+    refuse a job of another run than ``run_id``."""
     return [
         sys.executable,
         "-m",
@@ -171,6 +336,7 @@ def torchrun_command(
         "-m",
         ENTRY_MODULE,
         str(job_dir.resolve()),
+        *(["--run-id", run_id] if run_id else []),
     ]
 
 
@@ -233,7 +399,7 @@ def read_result(job_dir: Path, config: ModelConfig, wait_s: float = 0.0) -> FitR
     model = PerturbationModel(config)
     model.load_state_dict(stored["state_dict"])
     history = pd.DataFrame(stored["history"]).astype(stored["history_dtypes"])
-    (job_dir / JOB_FILE).unlink(missing_ok=True)
+    _remove_job_files(job_dir)
     return FitResult(
         model.eval(),
         history,
@@ -271,20 +437,15 @@ def rank_training(training: TrainingParameters) -> TrainingParameters:
     )
 
 
-def run_job(job_dir: Path) -> None:
+def run_job(job_dir: Path, run_id: str | None = None, not_before: float | None = None) -> None:
     """This rank's share of the job: ``fit``, then rank 0 writes the result."""
-    if not (job_dir / JOB_FILE).is_file():
-        raise FileNotFoundError(
-            f"no training job in {job_dir} ({JOB_FILE}); the training node writes it: start "
-            "`kedro run` (node rank 0) before the other nodes' torchrun"
-        )
-    job: TrainingJob = torch.load(job_dir / JOB_FILE, weights_only=False)  # our own pickle
+    job, train_sampler, val_sampler = read_job(job_dir, run_id, not_before)
     model = PerturbationModel(ModelConfig(**job.model_config))
     model.load_state_dict(job.initial_weights)
     result = fit(
         model,
-        job.train_sampler,
-        job.val_sampler,
+        train_sampler,
+        val_sampler,
         rank_training(job.training),
         job.seed,
         job.checkpoint_dir,
@@ -297,14 +458,26 @@ def run_job(job_dir: Path) -> None:
         dist.destroy_process_group()
 
 
+def _arguments(args: list[str]) -> tuple[Path, str | None, float | None]:
+    usage = (
+        "usage: torchrun [options] -m ptrag_kedro.models.distributed JOB_DIR "
+        "[--run-id ID] [--not-before EPOCH_SECONDS]"
+    )
+    if not args or args[0].startswith("-"):
+        raise SystemExit(usage)
+    options = dict(zip(args[1::2], args[2::2], strict=False))
+    if len(args) % 2 == 0 or set(options) - {"--run-id", "--not-before"}:
+        raise SystemExit(usage)
+    not_before = options.get("--not-before")
+    return Path(args[0]), options.get("--run-id"), None if not_before is None else float(not_before)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ptrag_kedro.models.distributed JOB_DIR``, in every rank under torchrun."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise SystemExit("usage: torchrun [options] -m ptrag_kedro.models.distributed JOB_DIR")
-    job_dir = Path(args[0])
+    """``python -m ptrag_kedro.models.distributed JOB_DIR [--run-id ID] [--not-before T]``, in
+    every rank under torchrun."""
+    job_dir, run_id, not_before = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        run_job(job_dir)
+        run_job(job_dir, run_id, not_before)
     except Exception as error:
         # For the node's one-line error; the traceback still goes to the output.
         rank = os.environ.get("RANK", "0")

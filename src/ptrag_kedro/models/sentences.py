@@ -22,7 +22,29 @@ from ptrag_kedro.models.response_bank import ResponseBank, ResponseSlots, slot_f
 from ptrag_kedro.provenance import check_inputs
 from ptrag_kedro.schema import BATCH, CELL_LINE, PERTURBATION, SPLIT, condition_seed
 
-__all__ = ["SentenceGroup", "SentenceSampler", "SentenceSpec", "checked_samplers", "samplers_for"]
+__all__ = [
+    "SamplerSource",
+    "SentenceGroup",
+    "SentenceSampler",
+    "SentenceSpec",
+    "checked_samplers",
+    "samplers_for",
+]
+
+
+@dataclass(frozen=True)
+class SamplerSource:
+    """What a sampler was built from (references, not copies): a DDP job writes these in
+    data-only files, and every rank rebuilds the same sampler from them."""
+
+    screen: ad.AnnData
+    embeddings: pd.DataFrame
+    candidates: pd.DataFrame
+    split: str
+    spec: SentenceSpec
+    control_label: str
+    responses: pd.DataFrame | None
+    oracle: bool
 
 
 @dataclass
@@ -67,6 +89,9 @@ class SentenceSampler:
         oracle: bool = False,
         expression: ExpressionRows | None = None,
     ) -> None:
+        self.source = SamplerSource(
+            screen, embeddings, candidates, split, spec, control_label, responses, oracle
+        )
         self.spec = spec
         self.cell_set_size = spec.cell_set_size
         self.expression = expression if expression is not None else ExpressionRows.of(screen)
@@ -150,6 +175,10 @@ class SentenceSampler:
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Data-loader workers get the sampler itself; what it was built from stays here.
+        return {**self.__dict__, "source": None}
 
     # ---------------------------------------------------------------------------- the oracle
 

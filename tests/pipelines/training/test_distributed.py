@@ -143,42 +143,80 @@ def test_one_device_trains_in_the_nodes_process(
     assert not distributed.job_folder(tmp_path / "seed_0").exists()
 
 
-def test_a_job_round_trips_through_the_entry_point(prepared_inputs, tmp_path: Path) -> None:
-    """The entry point without torchrun (one rank): the job and result files carry exactly
-    what in-process ``fit`` takes and returns (PT-RAG: sampled gates, kept fractions)."""
+def _job(prepared_inputs, tmp_path: Path, variant: str = "ptrag"):
     from ptrag_kedro.models import ModelConfig, PerturbationModel
 
-    samplers = _samplers(prepared_inputs, "ptrag")
+    samplers = _samplers(prepared_inputs, variant)
     config = ModelConfig(
         n_genes=prepared_inputs["screen"].n_vars,
         embedding_dim=prepared_inputs["perturbation_embeddings"].shape[1],
-        **{**TINY_BACKBONE, **TINY_VARIANTS["ptrag"]["model"]},
+        **{**TINY_BACKBONE, **TINY_VARIANTS[variant]["model"]},
     )
     training = tiny_training(max_steps=2)
     torch.manual_seed(0)
     model = PerturbationModel(config)
-    job_dir = distributed.job_folder(tmp_path / "job_run")
-    distributed.write_job(
-        job_dir,
-        distributed.TrainingJob(
-            config.to_dict(),
-            model.state_dict(),
-            samplers[TRAIN],
-            samplers[VAL],
-            training,
-            0,
-            str(tmp_path / "job_run"),
-            {},
-        ),
+    job = distributed.TrainingJob.of(
+        model, samplers[TRAIN], samplers[VAL], training, 0, tmp_path / "job_run"
     )
-    distributed.main([str(job_dir)])
+    job_dir = distributed.job_folder(tmp_path / "job_run")
+    distributed.write_job(job_dir, job)
+    return job, job_dir, model, samplers, training, config
+
+
+@pytest.mark.parametrize("variant", ["ptrag", "response_rag"])
+def test_a_job_round_trips_through_the_entry_point(
+    prepared_inputs, tmp_path: Path, variant: str
+) -> None:
+    """The entry point without torchrun (one rank): the job folder, data-only files, carries
+    exactly what in-process ``fit`` takes, and the result what it returns (PT-RAG: sampled
+    gates, kept fractions; response retrieval: the response bank)."""
+    job, job_dir, model, samplers, training, config = _job(prepared_inputs, tmp_path, variant)
+    assert sorted(path.suffix for path in job_dir.iterdir()) == sorted(
+        [".json", ".pt", ".h5ad", ".parquet", ".parquet", ".parquet"]
+    )
+    # the samplers each rank rebuilds from the files are the node's
+    _, train_again, val_again = distributed.read_job(job_dir, run_id=job.run_id)
+    for ours, theirs in ((samplers[TRAIN], train_again), (samplers[VAL], val_again)):
+        rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+        first, second = ours.random_batch(4, rng_a), theirs.random_batch(4, rng_b)
+        for name, tensor in first.items():
+            assert torch.equal(second[name], tensor), name
+    distributed.main([str(job_dir), "--run-id", job.run_id])
     through_job = distributed.read_result(job_dir, config)
     here = fit(model, samplers[TRAIN], samplers[VAL], training, 0, tmp_path / "here")
     assert not (job_dir / distributed.JOB_FILE).exists()  # read back, then removed
+    assert not list(job_dir.glob("*.parquet")) and not (job_dir / distributed.WEIGHTS_FILE).exists()
     pd.testing.assert_frame_equal(through_job.history, here.history)
     assert (through_job.steps, through_job.selected_step) == (here.steps, here.selected_step)
     for name, tensor in here.model.state_dict().items():
         assert torch.equal(through_job.model.state_dict()[name], tensor), name
+
+
+def test_a_joining_node_refuses_another_runs_job_and_code(prepared_inputs, tmp_path: Path) -> None:
+    """A job of another run, one left from before this node's start, one of the old pickle
+    format, and weights that carry code are refused with one line; no code runs."""
+    job, job_dir, *_ = _job(prepared_inputs, tmp_path, "state")
+    with pytest.raises(distributed.DistributedTrainingError, match="a job of another run"):
+        distributed.read_job(job_dir, run_id="someone-else")
+    with pytest.raises(distributed.DistributedTrainingError, match="before this node started"):
+        distributed.read_job(job_dir, not_before=job.created + 60)
+    distributed.read_job(job_dir, not_before=job.created - 60)  # this run's: accepted
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"weight": Payload()}, job_dir / distributed.WEIGHTS_FILE)  # a forged file
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        distributed.read_job(job_dir, run_id=job.run_id)
+    assert not (tmp_path / "pwned").exists()
+    (job_dir / distributed.JOB_FILE).write_text('{"format": 1}')
+    with pytest.raises(distributed.DistributedTrainingError, match="another format"):
+        distributed.read_job(job_dir)
+    distributed.write_job(job_dir, job)  # a new job clears the old one's files
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(SystemExit, match="usage"):
+        distributed.main([str(job_dir), "--run-idd", "x"])
 
 
 def test_a_failing_launch_is_one_line_naming_the_job_folder(tmp_path: Path) -> None:
@@ -199,11 +237,17 @@ def test_a_failing_launch_is_one_line_naming_the_job_folder(tmp_path: Path) -> N
 
 
 def test_the_other_nodes_command(tmp_path: Path) -> None:
-    command = distributed.torchrun_command(tmp_path, 4, 2, "node0:29400", node_rank=1)
+    command = distributed.torchrun_command(tmp_path, 4, 2, "node0:29400", node_rank=1, run_id="abc")
     assert command[1:3] == ["-m", "torch.distributed.run"]
     assert {"--nnodes=2", "--nproc_per_node=4", "--node_rank=1"} <= set(command)
     assert {"--rdzv_backend=c10d", "--rdzv_endpoint=node0:29400"} <= set(command)
-    assert command[-3:] == ["-m", "ptrag_kedro.models.distributed", str(tmp_path.resolve())]
+    assert command[-5:] == [
+        "-m",
+        "ptrag_kedro.models.distributed",
+        str(tmp_path.resolve()),
+        "--run-id",
+        "abc",
+    ]
 
 
 # ---------------------------------------------------------------------------- slow: torchrun
@@ -323,7 +367,7 @@ def test_two_nodes_train_as_two_processes_of_one(
             rendezvous_endpoint=endpoint,
         )
     assert joined.returncode == 0
-    assert shlex.join(other_node) in caplog.text
+    assert shlex.join(other_node) + " --run-id " in caplog.text  # the same job, named
     pd.testing.assert_frame_equal(history, ddp_run["history"], rtol=1e-6, atol=1e-7)
     for name, tensor in ddp_run["record"].state_dicts["0"].items():
         torch.testing.assert_close(record.state_dicts["0"][name], tensor, rtol=1e-6, atol=1e-7)
