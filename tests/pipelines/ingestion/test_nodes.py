@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -330,3 +331,38 @@ def test_small_perturbation_groups_are_dropped(
     assert featurised.uns["ptrag"]["features"]["path"].startswith(
         "obsm" if path == "obsm" else "scanpy"
     )
+
+
+def test_the_fingerprint_covers_the_expression_values(
+    tiny_screen: ad.AnnData, ingestion_params: dict
+) -> None:
+    """The same cells with other counts, or another normalisation, are another screen (its
+    responses, models and checkpoints are stale); reading in other blocks is the same one."""
+    _, manifest = ingest(tiny_screen.copy(), ingestion_params)
+    _, again = ingest(tiny_screen.copy(), ingestion_params)
+    assert again["screen_fingerprint"] == manifest["screen_fingerprint"]
+    blocked = copy.deepcopy(ingestion_params)
+    blocked["features"]["block_rows"] = 97
+    assert (
+        ingest(tiny_screen.copy(), blocked)[1]["screen_fingerprint"]
+        == manifest["screen_fingerprint"]
+    )
+    changed = tiny_screen.copy()
+    counts = changed.X.toarray()
+    counts[5, np.flatnonzero(counts[5])[0]] += 1  # one count of one cell
+    changed.X = sp.csr_matrix(counts)
+    assert (
+        ingest(changed, ingestion_params)[1]["screen_fingerprint"] != manifest["screen_fingerprint"]
+    )
+    renormalised = copy.deepcopy(ingestion_params)
+    renormalised["features"]["normalize_target_sum"] = 5000
+    assert (
+        ingest(tiny_screen.copy(), renormalised)[1]["screen_fingerprint"]
+        != manifest["screen_fingerprint"]
+    )
+    # the obsm path: another feature matrix for the same cells is another screen
+    with_obsm = tiny_screen.copy()
+    with_obsm.obsm["X_hvg"] = np.random.default_rng(0).random((with_obsm.n_obs, 6)).astype("f4")
+    first = ingest(with_obsm.copy(), ingestion_params)[1]["screen_fingerprint"]
+    with_obsm.obsm["X_hvg"][3, 2] += 0.5
+    assert ingest(with_obsm, ingestion_params)[1]["screen_fingerprint"] != first

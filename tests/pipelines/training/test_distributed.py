@@ -371,3 +371,34 @@ def test_two_nodes_train_as_two_processes_of_one(
     pd.testing.assert_frame_equal(history, ddp_run["history"], rtol=1e-6, atol=1e-7)
     for name, tensor in ddp_run["record"].state_dicts["0"].items():
         torch.testing.assert_close(record.state_dicts["0"][name], tensor, rtol=1e-6, atol=1e-7)
+
+
+def test_a_job_of_a_backed_screen_names_its_file(prepared_inputs, tmp_path: Path) -> None:
+    """A screen read from its h5ad (as the catalog loads it) is not copied into the job: the
+    job names the file, and the ranks' samplers read it."""
+    import anndata as ad
+
+    from ptrag_kedro.models import ModelConfig, PerturbationModel
+
+    path = tmp_path / "screen.h5ad"
+    prepared_inputs["screen"].write_h5ad(path)
+    inputs = {**prepared_inputs, "screen": ad.read_h5ad(path, backed="r")}
+    samplers = _samplers(inputs)
+    config = ModelConfig(
+        n_genes=inputs["screen"].n_vars,
+        embedding_dim=inputs["perturbation_embeddings"].shape[1],
+        **TINY_BACKBONE,
+    )
+    job = distributed.TrainingJob.of(
+        PerturbationModel(config), samplers[TRAIN], samplers[VAL], tiny_training(), 0, tmp_path
+    )
+    job_dir = distributed.job_folder(tmp_path)
+    distributed.write_job(job_dir, job)
+    assert not (job_dir / distributed.SCREEN_FILE).exists()
+    assert (job_dir / "responses.parquet").exists()
+    _, train_again, _ = distributed.read_job(job_dir)
+    assert train_again.source.screen.filename == path.resolve()
+    first = samplers[TRAIN].random_batch(3, np.random.default_rng(1))
+    again = train_again.random_batch(3, np.random.default_rng(1))
+    for name, tensor in first.items():
+        assert torch.equal(again[name], tensor), name

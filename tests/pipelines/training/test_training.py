@@ -140,6 +140,14 @@ def test_stale_inputs_are_refused(prepared_inputs, tmp_path: Path) -> None:
     with pytest.raises(StaleArtefactError, match="kedro run --pipelines=retrieval_index"):
         train_tiny(stale, tmp_path)
     train_tiny(stale, tmp_path / "state", "state", max_steps=1)  # STATE does not read them
+    # candidates of another split of the same genes (same vectors, so the same embeddings
+    # fingerprint): they would list genes that are val/test now
+    resplit = prepared_inputs["retrieval_candidates"].copy()
+    resplit.attrs = {**resplit.attrs, "screen_fingerprint": "another split"}
+    with pytest.raises(
+        StaleArtefactError, match="retrieval_candidates was built from another screen"
+    ):
+        train_tiny({**prepared_inputs, "retrieval_candidates": resplit}, tmp_path, "vanilla_rag")
     responses = prepared_inputs["perturbation_responses"].copy()
     responses.attrs = {"screen_fingerprint": "other"}
     with pytest.raises(StaleArtefactError, match="perturbation_responses was built"):

@@ -29,7 +29,7 @@ from ptrag_kedro.pipelines.ingestion.hvg import (
     highly_variable_genes,
 )
 from ptrag_kedro.pipelines.ingestion.staged import StagedScreen, log_normalise
-from ptrag_kedro.provenance import screen_fingerprint
+from ptrag_kedro.provenance import MatrixDigest, screen_fingerprint
 from ptrag_kedro.schema import (
     CELL_LINE,
     CONTROL,
@@ -146,7 +146,7 @@ def filter_cells(screen: StagedScreen, features: FeatureParameters) -> StagedScr
     record: dict[str, Any] = {"min_cells_per_perturbation": features.min_cells_per_perturbation}
     if not _uses_obsm(screen, features):
         _require_counts(screen, features, source)
-        detected = _scan_counts(screen, source)
+        detected, x_digest = _scan_counts(screen, source)
         if features.min_genes_per_cell > 0:
             keep = detected >= features.min_genes_per_cell
             if not keep.any():
@@ -158,6 +158,7 @@ def filter_cells(screen: StagedScreen, features: FeatureParameters) -> StagedScr
             min_genes_per_cell=features.min_genes_per_cell,
             cells_removed_min_genes=int((~keep).sum()),
         )
+        screen = screen.replace(provenance={**screen.provenance, "x_digest": x_digest})
     keep = _cells_in_large_groups(
         screen.obs, keep, features.min_cells_per_perturbation, _control_label(screen)
     )
@@ -184,10 +185,13 @@ def _require_counts(screen: StagedScreen, features: FeatureParameters, source: s
         )
 
 
-def _scan_counts(screen: StagedScreen, source: str) -> np.ndarray:
-    """Check every block of the counts; the number of detected genes (> 0) of each cell."""
+def _scan_counts(screen: StagedScreen, source: str) -> tuple[np.ndarray, str]:
+    """Check every block of the counts; the number of detected genes (> 0) of each cell, and a
+    digest of every count (in the same pass: the screen's fingerprint covers the values)."""
     detected = np.zeros(screen.n_obs, dtype=np.int64)
+    digest = MatrixDigest()
     for where, block in screen.blocks():
+        digest.add(block)
         if sp.issparse(block):
             _check_counts(block.data, source)
             positive = sp.csr_matrix((block.data > 0, block.indices, block.indptr), block.shape)
@@ -195,7 +199,7 @@ def _scan_counts(screen: StagedScreen, source: str) -> np.ndarray:
         else:
             _check_counts(block, source)
             detected[where] = np.count_nonzero(block > 0, axis=1)
-    return detected
+    return detected, digest.hexdigest()
 
 
 def _check_counts(values: np.ndarray, source: str) -> None:
@@ -492,7 +496,7 @@ def select_features(screen: StagedScreen, features: FeatureParameters) -> Staged
     else:
         featurised, record = _features_from_counts(screen, features)
     record.update(n_features=int(featurised.n_vars), n_cells=int(featurised.n_obs))
-    featurised = featurised.replace(provenance={**screen.provenance, "features": record})
+    featurised = featurised.replace(provenance={**featurised.provenance, "features": record})
     logger.info("Features: %s -> %d cells x %d features", record["path"], *featurised.shape)
     return featurised
 
@@ -513,7 +517,10 @@ def _features_from_obsm(screen: StagedScreen, obsm_key: str, source: str) -> Sta
     if not np.isfinite(values).all():
         raise ScreenError(f"{source}: obsm['{obsm_key}'] has NaN or infinite values")
     names = pd.Index(_obsm_feature_names(screen.var, matrix.shape[1]))
-    return screen.replace(features=matrix, feature_names=names)
+    digest = MatrixDigest()
+    digest.add(matrix)
+    provenance = {**screen.provenance, "x_digest": digest.hexdigest()}
+    return screen.replace(features=matrix, feature_names=names, provenance=provenance)
 
 
 def _obsm_feature_names(var: pd.DataFrame, n_features: int) -> list[str]:

@@ -88,13 +88,17 @@ def find_retrieval_candidates(
     perturbations.
     """
     _check_embeddings(perturbation_embeddings, split_manifest)
-    require_same(
-        "retrieval_index",
-        "perturbation embeddings",
-        retrieval_index.provenance.get("embeddings_fingerprint"),
-        perturbation_embeddings.attrs["embeddings_fingerprint"],
-        "kedro run --pipelines=retrieval_index",
-    )
+    for field, key, current in (
+        ("perturbation embeddings", "embeddings_fingerprint", perturbation_embeddings.attrs),
+        ("screen", "screen_fingerprint", split_manifest),
+    ):
+        require_same(
+            "retrieval_index",
+            field,
+            retrieval_index.provenance.get(key),
+            current[key],
+            "kedro run --pipelines=retrieval_index",
+        )
     n_train = len(retrieval_index.names)
     k = min(PAPER_K, n_train - 1) if retrieval.k == "auto" else int(retrieval.k)
     if retrieval.k == "auto":
