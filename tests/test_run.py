@@ -218,7 +218,7 @@ def test_a_bad_parameter_stops_the_run_at_its_start_in_one_line(project: Path) -
     failed = _kedro_cli(project, "--params=training.max_steps=0", check=False)
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
     assert failed.returncode == 1 and len(errors) == 1
-    assert "training.max_steps must be >= 1" in errors[0]
+    assert "training.max_steps must be an integer >= 1, got 0" in errors[0]
     assert not (project / "data/01_raw/demo/screen.h5ad").exists()  # no node ran
 
 

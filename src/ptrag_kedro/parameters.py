@@ -26,6 +26,17 @@ def _require(condition: bool, message: str) -> None:
         raise ParameterError(message)
 
 
+def _require_integer(name: str, value: Any, minimum: int) -> None:
+    """``name`` must be an integer (not a float, a string or a bool) of at least ``minimum``."""
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{name} must be an integer >= {minimum}, got {value!r}",
+    )
+
+
+#: Lightning's accelerators (``auto``: CUDA when present).
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+
 #: Strategies that train on several processes under torchrun (auto is DDP there).
 DISTRIBUTED_STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 
@@ -50,7 +61,9 @@ class TrainingParameters:
     checkpoint_every_n_steps: int = 500
     #: keep the weights of the validation check with the lowest val energy (not the last step)
     select_on_val: bool = True
-    resume: bool = False
+    #: continue from the seed's last.ckpt when there is one (true), or stop when there is none
+    #: (must); false starts again
+    resume: bool | Literal["must"] = False
     keep_all_checkpoints: bool = False
     accelerator: str = "auto"
     #: processes per node: an integer, or auto (every CUDA GPU when the accelerator may be
@@ -71,15 +84,37 @@ class TrainingParameters:
 
     def __post_init__(self) -> None:
         seeds = self.seeds if isinstance(self.seeds, list | tuple) else [self.seeds]
+        for seed in seeds:
+            _require_integer(f"training.seeds: seed {seed!r}", seed, 0)
         _set(self, "seeds", tuple(int(seed) for seed in seeds))
         _require(
             len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
             f"training.seeds must be a non-empty list of distinct seeds, not {list(self.seeds)}",
         )
-        for name in ("max_steps", "batch_size", "cell_set_size", "val_every_n_steps"):
-            _require(int(getattr(self, name)) >= 1, f"training.{name} must be >= 1")
-        _require(self.learning_rate > 0, "training.learning_rate must be > 0")
-        _require(self.loader_workers >= 0, "training.loader_workers must be >= 0")
+        for name in (
+            "max_steps",
+            "batch_size",
+            "cell_set_size",
+            "val_every_n_steps",
+            "checkpoint_every_n_steps",
+        ):
+            _require_integer(f"training.{name}", getattr(self, name), 1)
+        _require_integer("training.loader_workers", self.loader_workers, 0)
+        _require(
+            isinstance(self.learning_rate, int | float)
+            and not isinstance(self.learning_rate, bool)
+            and self.learning_rate > 0,
+            f"training.learning_rate must be a number > 0, got {self.learning_rate!r}",
+        )
+        _require(
+            self.accelerator in ACCELERATORS,
+            f"training.accelerator must be one of {', '.join(ACCELERATORS)}, "
+            f"got {self.accelerator!r}",
+        )
+        _require(
+            self.resume in (True, False, "must"),
+            f"training.resume must be true, false or must, got {self.resume!r}",
+        )
         self._check_processes()
 
     def _check_processes(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.environments import TorchElasticEnvironment
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ptrag_kedro.errors import one_line
 from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
 from ptrag_kedro.parameters import TrainingParameters
@@ -389,6 +391,12 @@ def fit(
     stream = SentenceStream(train_sampler, training.batch_size, seed, shard=shard)
     last = checkpoint_dir / "last.ckpt"
     resume_from = str(last) if training.resume and last.is_file() else None
+    if training.resume and resume_from is None:
+        if training.resume == "must":
+            raise StaleArtefactError(
+                f"training.resume is must, but {last} does not exist: train without resume first"
+            )
+        logger.info("training.resume: no checkpoint at %s, so training starts at step 0", last)
     if training.compile:
         model.compile()  # in place: the forward is compiled, parameter names stay the same
     plan = TrainingPlan(model, training.learning_rate, provenance, seed=seed)
@@ -438,7 +446,13 @@ def _result(
 
 def _resumable_step(checkpoint: Path, expected: dict[str, Any]) -> int:
     """The checkpoint's step; refuses a checkpoint of another screen, embeddings or model."""
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise StaleArtefactError(
+            f"{checkpoint}: not a readable checkpoint ({one_line(error, 200)}); delete it or set "
+            "training.resume: false to start again"
+        ) from error
     recorded = stored.get(CHECKPOINT_PROVENANCE_KEY)
     if recorded != expected:
         differing = sorted(key for key in expected if (recorded or {}).get(key) != expected[key])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,15 @@ def test_resume_continues_the_step_count(prepared_inputs, tmp_path: Path) -> Non
     # Steps 1-4 come back from the checkpoint's history; only 5-6 were trained now.
     assert list(history.loc[history["split"] == "train", "step"]) == [1, 2, 3, 4, 5, 6]
     fresh, _, _ = train_tiny(prepared_inputs, tmp_path / "other", max_steps=6, resume=True)
-    assert fresh.steps == {"0": 6}  # nothing to resume there
+    assert fresh.steps == {"0": 6}  # nothing to resume there: logged, trained from step 0
+    with pytest.raises(StaleArtefactError, match="training.resume is must, but .* does not exist"):
+        train_tiny(prepared_inputs, tmp_path / "none", max_steps=2, resume="must")
+    # a corrupt checkpoint is one line, never an UnpicklingError
+    broken = tmp_path / "broken"
+    (broken / "seed_0").mkdir(parents=True)
+    (broken / "seed_0" / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(StaleArtefactError, match="not a readable checkpoint"):
+        train_tiny(prepared_inputs, broken, max_steps=2, resume=True)
     # A checkpoint of another model (or other data) is never continued.
     with pytest.raises(StaleArtefactError, match="model_config differ"):
         train_tiny(prepared_inputs, checkpoints, "vanilla_rag", max_steps=8, resume=True)
@@ -398,3 +407,22 @@ def test_loader_workers_draw_the_same_steps_in_order(prepared_inputs, tmp_path: 
         assert torch.equal(tensor, records[1].state_dicts["0"][name]), name
     with pytest.raises(ParameterError, match="loader_workers"):
         tiny_training(loader_workers=-1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_steps": 2.5}, "training.max_steps must be an integer >= 1, got 2.5"),
+        ({"batch_size": "abc"}, "training.batch_size must be an integer >= 1, got 'abc'"),
+        ({"checkpoint_every_n_steps": -5}, "checkpoint_every_n_steps must be an integer >= 1"),
+        ({"loader_workers": -1}, "training.loader_workers must be an integer >= 0, got -1"),
+        ({"accelerator": "abc"}, "training.accelerator must be one of auto, cpu"),
+        ({"seeds": ["x"]}, "training.seeds: seed 'x' must be an integer >= 0"),
+        ({"learning_rate": "fast"}, "training.learning_rate must be a number > 0, got 'fast'"),
+    ],
+)
+def test_training_parameters_name_what_is_wrong(overrides: dict, message: str) -> None:
+    """Checked when the run starts, before any node: one line naming the parameter, never a
+    TypeError or a Lightning traceback inside the training node."""
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        TrainingParameters(**overrides)
