@@ -174,3 +174,66 @@ def test_gene_embedding_write_only_under(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="refusing to write"):
         dataset.save(table)
     assert not os.path.exists(tmp_path / "user.pickle")
+
+
+def test_a_killed_writers_temporary_file_goes_at_the_next_save(tmp_path: Path) -> None:
+    """A writer killed mid-save leaves its temporary file; the next save of that path removes
+    it (its process is gone), but never a live writer's, nor another host's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from ptrag_kedro.datasets import JSONDataset
+
+    target = tmp_path / "manifest.json"
+    host = socket.gethostname().replace(".", "-")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".manifest.json.{host}.{int(dead.stdout)}.abc123.tmp.json"
+    live = tmp_path / f".manifest.json.{host}.{os.getpid()}.def456.tmp.json"
+    elsewhere = tmp_path / ".manifest.json.otherhost.1.ghi789.tmp.json"
+    for path in (stale, live, elsewhere):
+        path.write_text("half")
+    JSONDataset(filepath=str(target)).save({"a": 1})
+    assert not stale.exists() and live.exists() and elsewhere.exists()
+    assert JSONDataset(filepath=str(target)).load() == {"a": 1}
+
+
+def test_artefacts_get_the_users_umask(tmp_path: Path) -> None:
+    """A group-shared project folder stays shared: the file's mode is what a plain open gives."""
+    import os
+
+    from ptrag_kedro.datasets import JSONDataset
+
+    previous = os.umask(0o002)
+    try:
+        JSONDataset(filepath=str(tmp_path / "shared.json")).save({"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o664
+
+
+def test_an_os_error_while_writing_is_one_line_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (ENOSPC, simulated) names the file; the previous file stays, no temporary."""
+    import errno
+
+    from ptrag_kedro.datasets import JSONDataset
+    from ptrag_kedro.errors import DatasetFileError
+
+    target = tmp_path / "summary.json"
+    dataset = JSONDataset(filepath=str(target))
+    dataset.save({"old": True})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.replace", full)
+    with pytest.raises(DatasetFileError, match=r"summary.json: cannot write it: No space left"):
+        dataset.save({"new": True})
+    monkeypatch.undo()
+    assert dataset.load() == {"old": True}
+    assert [path.name for path in tmp_path.iterdir()] == ["summary.json"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +15,41 @@ import pandas as pd
 from kedro.io import AbstractDataset
 from kedro_datasets._typing import TablePreview
 
-from ptrag_kedro.errors import DatasetFileError
+from ptrag_kedro.errors import DatasetFileError, one_line
 
 _Input = TypeVar("_Input")
 _Output = TypeVar("_Output")
+
+
+#: Temporary files: ``.<name>.<host>.<pid>.<random>.tmp<suffix>`` beside the target.
+_TMP_MARK = ".tmp"
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "-")
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _remove_stale_temporaries(final_path: Path) -> None:
+    """Temporary files of ``final_path`` left by a killed writer of this host (its process is
+    gone); a live writer's, or another host's, are left alone."""
+    host = _host()
+    pattern = f".{final_path.name}.*{_TMP_MARK}{final_path.suffix}"
+    for leftover in final_path.parent.glob(pattern):
+        fields = leftover.name[len(final_path.name) + 2 :].split(".")
+        if len(fields) < 3 or fields[0] != host or not fields[1].isdigit():
+            continue
+        try:
+            os.kill(int(fields[1]), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except PermissionError:
+            continue  # alive, another user's
 
 
 @contextlib.contextmanager
@@ -25,17 +57,24 @@ def atomic_write_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final_path``; rename it into place only on success.
 
     The temporary file lives in the same folder so ``os.replace`` is atomic: a killed run
-    leaves the previous good file (or none), never half a file under the final name.
+    leaves the previous good file (or none), never half a file under the final name. Its name
+    says whose it is (host, process), so the next save removes what a killed writer left, and
+    it gets the mode a plain ``open`` would give (the umask), not ``mkstemp``'s 0600.
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(final_path)
     handle, tmp_name = tempfile.mkstemp(
-        prefix=f".{final_path.name}.", suffix=".tmp" + final_path.suffix, dir=final_path.parent
+        prefix=f".{final_path.name}.{_host()}.{os.getpid()}.",
+        suffix=_TMP_MARK + final_path.suffix,
+        dir=final_path.parent,
     )
     os.close(handle)
     tmp_path = Path(tmp_name)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final_path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -110,10 +149,16 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
 
     @contextlib.contextmanager
     def _write_target(self) -> Iterator[Path]:
-        """Where ``save`` writes: refused outside ``write_only_under``, then atomic."""
+        """Where ``save`` writes: refused outside ``write_only_under``, then atomic. An OS error
+        (a full disk, a read-only folder) is one line naming the file; the previous file, if
+        any, stays."""
         check_write_allowed(self._filepath, self._write_only_under)
-        with atomic_write_path(self._filepath) as tmp_path:
-            yield tmp_path
+        try:
+            with atomic_write_path(self._filepath) as tmp_path:
+                yield tmp_path
+        except OSError as error:
+            reason = error.strerror or one_line(error, 200)
+            raise DatasetFileError(f"{self._filepath}: cannot write it: {reason}") from error
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

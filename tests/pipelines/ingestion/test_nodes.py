@@ -366,3 +366,20 @@ def test_the_fingerprint_covers_the_expression_values(
     first = ingest(with_obsm.copy(), ingestion_params)[1]["screen_fingerprint"]
     with_obsm.obsm["X_hvg"][3, 2] += 0.5
     assert ingest(with_obsm, ingestion_params)[1]["screen_fingerprint"] != first
+
+
+def test_duplicate_gene_names_are_refused_and_cell_names_made_unique(
+    tiny_screen: ad.AnnData, ingestion_params: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    genes = tiny_screen.copy()
+    genes.var_names = [*genes.var_names[:-2], genes.var_names[0], genes.var_names[1]]
+    with pytest.raises(ScreenError) as error:
+        ingest(genes, ingestion_params)
+    assert_one_line(error, "tiny_screen.h5ad", "var names (genes) are not unique", "SIM00000")
+    cells = tiny_screen.copy()
+    names = list(cells.obs_names)
+    names[1] = names[0]
+    cells.obs_names = names
+    with caplog.at_level(logging.WARNING):
+        screen, _ = ingest(cells, ingestion_params)
+    assert screen.obs_names.is_unique and "cell names (obs names) repeat" in caplog.text

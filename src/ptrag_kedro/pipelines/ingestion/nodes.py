@@ -88,7 +88,23 @@ def standardise_screen(
             )
     if raw_screen.n_obs == 0:
         raise ScreenError(f"{source}: the screen has no cells (X has 0 rows)")
+    duplicated = raw_screen.var_names[raw_screen.var_names.duplicated()].unique()
+    if len(duplicated):
+        # Pooling different genes under one name would merge their statistics silently.
+        raise ScreenError(
+            f"{source}: var names (genes) are not unique: {_first(duplicated)} appear more than "
+            "once; make them unique (e.g. adata.var_names_make_unique()) or drop the duplicates"
+        )
     obs = pd.DataFrame(index=raw_screen.obs_names.copy())
+    if obs.index.has_duplicates:
+        repeated = int(obs.index.duplicated().sum())
+        obs.index = ad.utils.make_index_unique(obs.index.astype(str))
+        logger.warning(
+            "%s: %d cell names (obs names) repeat; made unique as anndata's "
+            "obs_names_make_unique does (a '-1', '-2' suffix)",
+            source,
+            repeated,
+        )
     for role in ("perturbation", "cell_line", "batch"):
         values = raw_screen.obs[getattr(columns, role)]
         if values.isna().any():
