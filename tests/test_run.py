@@ -158,7 +158,7 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     (project / "notebooks").mkdir()
     NotebookClient(
         notebook,
-        timeout=300,
+        timeout=600,
         kernel_name="python3",
         resources={"metadata": {"path": str(project / "notebooks")}},
     ).execute()
@@ -180,7 +180,7 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     assert (project / "build" / "index.html").is_file()
@@ -257,15 +257,17 @@ def test_truncated_screen_leaves_nothing(project: Path, tiny_screen: ad.AnnData)
     assert not (project / "data/03_primary/split_manifest.json").exists()
 
 
-def _kedro_cli(project: Path, *arguments: str, check: bool = True) -> subprocess.CompletedProcess:
+def _kedro_cli(
+    project: Path, *arguments: str, check: bool = True, command: str = "run"
+) -> subprocess.CompletedProcess:
     kedro = Path(sys.executable).with_name("kedro")
     result = subprocess.run(
-        [str(kedro), "run", *arguments],
+        [str(kedro), command, *arguments],
         cwd=project,
         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -341,16 +343,7 @@ def test_cross_validate_runs_every_fold_of_an_unseen_gene_split(project: Path) -
         ],
     }
     local.write_text(yaml.safe_dump(overrides))
-    kedro = Path(sys.executable).with_name("kedro")
-    result = subprocess.run(
-        [str(kedro), "cross-validate"],
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _kedro_cli(project, command="cross-validate")
     for fold, line in (("k562_s0", "k562"), ("hepg2_s1", "hepg2")):
         folder = project / "data" / "folds" / fold
         manifest = json.loads((folder / "03_primary/split_manifest.json").read_text())
@@ -368,14 +361,7 @@ def test_cross_validate_runs_every_fold_of_an_unseen_gene_split(project: Path) -
     assert (paired["n_conditions"] == sizes["pooled"]).all()
     report = (project / "data/08_reporting/cross_validation/report.md").read_text()
     assert "k562 (split seed 0), hepg2 (split seed 1)" in report
-    failed = subprocess.run(
-        [str(kedro), "cross-validate", "--folds=nope"],
-        cwd=project,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    failed = _kedro_cli(project, "--folds=nope", check=False, command="cross-validate")
     assert failed.returncode == 1
     assert [line for line in failed.stderr.splitlines() if line.startswith("Error:")] == [
         "Error: --folds: unknown fold(s) ['nope']; folds: ['k562_s0', 'hepg2_s1']"

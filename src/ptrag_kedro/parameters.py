@@ -267,15 +267,7 @@ class ReportingParameters:
     n_pcs: int = 50
     #: DE genes (de_overlap_fdr): Wilcoxon test against the controls, Benjamini-Hochberg FDR
     de_fdr: float = 0.05
-    baselines: tuple[str, ...] = (
-        "control_mean",
-        "perturbation_mean",
-        "context",
-        "linear",
-        "line_linear",
-        "additive",
-        "neighbour_mean",
-    )
+    baselines: tuple[str, ...] = BASELINE_NAMES
     ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
     #: neighbour_mean: the neighbour counts k it chooses from on the val groups
     neighbour_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)

@@ -24,7 +24,6 @@ def create_pipeline(
                 inputs={
                     "reporting": "params:reporting",
                     "cross_validation": "params:cross_validation",
-                    "baselines": "params:cross_validation_baselines",
                     **fold_inputs(folds, methods),
                 },
                 outputs=[
