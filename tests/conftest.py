@@ -128,8 +128,9 @@ def prepared_inputs(
     vectors = simulate_gene_embeddings(tiny_config, plan_screen(tiny_config).genes)
     genept = GeneptParameters(missing="error", max_missing_fraction=0.0)
     embeddings, _ = build_perturbation_embeddings(vectors, None, None, manifest, genept)
-    index = build_retrieval_index(embeddings, manifest)
-    candidates = find_retrieval_candidates(index, embeddings, manifest, RetrievalParameters(k=5))
+    retrieval = RetrievalParameters(k=5)
+    index = build_retrieval_index(embeddings, manifest, retrieval)
+    candidates = find_retrieval_candidates(index, embeddings, manifest, retrieval)
     return {
         "screen": screen,
         "split_manifest": manifest,

@@ -21,6 +21,9 @@ from ptrag_kedro.pipelines.retrieval_index.nodes import (
 from ptrag_kedro.provenance import StaleArtefactError, fingerprint_frame
 from ptrag_kedro.retrieval import build_index, l2_normalise, search
 
+#: ``retrieval_index.k: auto``, the default
+AUTO = RetrievalParameters()
+
 
 def _embeddings(names: list[str], dim: int = 16, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
@@ -81,7 +84,7 @@ def test_ties_are_ordered_by_name() -> None:
 
 def test_candidates_train_only_and_never_self(setup) -> None:
     embeddings, split = setup
-    index = build_retrieval_index(embeddings, split)
+    index = build_retrieval_index(embeddings, split, AUTO)
     assert index.names == train_perturbations(split) == [f"G{i:03d}" for i in range(50)]
     candidates = find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=8))
     assert set(candidates["perturbation"]) == set(embeddings.index) - {"non-targeting"}
@@ -95,13 +98,13 @@ def test_candidates_train_only_and_never_self(setup) -> None:
 
 def test_k_larger_than_train_set(setup) -> None:
     embeddings, split = setup
-    index = build_retrieval_index(embeddings, split)
+    index = build_retrieval_index(embeddings, split, AUTO)
     find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=49))  # n_train - 1
     auto = find_retrieval_candidates(index, embeddings, split, RetrievalParameters())
     assert (auto.groupby("perturbation").size() == 32).all()  # the paper's K: 50 are train
     names = [f"G{index:03d}" for index in range(60)]
     few = _manifest(names[:10], names[:10], val=names[50:53], test=names[53:60])
-    small = build_retrieval_index(embeddings, few)
+    small = build_retrieval_index(embeddings, few, AUTO)
     assert (
         find_retrieval_candidates(small, embeddings, few, RetrievalParameters())
         .groupby("perturbation")
@@ -114,11 +117,15 @@ def test_k_larger_than_train_set(setup) -> None:
         RetrievalError, match="retrieval_index.k = 50, but with 50 train perturbations"
     ):
         find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=50))
+    with pytest.raises(
+        RetrievalError, match="retrieval_index.k = 50"
+    ):  # before the index is written
+        build_retrieval_index(embeddings, split, RetrievalParameters(k=50))
 
 
 def test_stale_embeddings_are_refused(setup) -> None:
     embeddings, split = setup
-    index = build_retrieval_index(embeddings, split)
+    index = build_retrieval_index(embeddings, split, AUTO)
     changed = _embeddings([name for name in embeddings.index[1:]], seed=9)
     with pytest.raises(
         StaleArtefactError, match="rebuild it with `kedro run --pipelines=retrieval_index`"
@@ -126,12 +133,12 @@ def test_stale_embeddings_are_refused(setup) -> None:
         find_retrieval_candidates(index, changed, split, RetrievalParameters(k=5))
     other_screen = {**split, "screen_fingerprint": "another"}
     with pytest.raises(StaleArtefactError, match="kedro run --pipelines=genept"):
-        build_retrieval_index(embeddings, other_screen)
+        build_retrieval_index(embeddings, other_screen, AUTO)
 
 
 def test_faiss_dataset_round_trip(tmp_path: Path, setup) -> None:
     embeddings, split = setup
-    index = build_retrieval_index(embeddings, split)
+    index = build_retrieval_index(embeddings, split, AUTO)
     dataset = FaissIndexDataset(filepath=str(tmp_path / "index.npz"))
     dataset.save(index)
     loaded = dataset.load()
@@ -154,7 +161,7 @@ def test_diagnostics_module_precision(setup) -> None:
     embeddings.loc[names[30:]] += 3.0 * np.eye(16, dtype=np.float32)[1]
     embeddings.attrs["embeddings_fingerprint"] = fingerprint_frame(embeddings)
     k = 5
-    index = build_retrieval_index(embeddings, split)
+    index = build_retrieval_index(embeddings, split, AUTO)
     candidates = find_retrieval_candidates(index, embeddings, split, RetrievalParameters(k=k))
     module_of = dict(zip(names, [0] * 30 + [1] * 30, strict=True))
     modules = pd.DataFrame({"symbol": names, "module": list(module_of.values())})

@@ -38,7 +38,7 @@ import pandas as pd
 from sklearn.linear_model import Ridge
 
 from ptrag_kedro.expression_rows import ExpressionRows
-from ptrag_kedro.models.sentences import SentenceGroup, SentenceSpec, samplers_for
+from ptrag_kedro.models.sentences import SentenceGroup, SentenceSpec, checked_samplers
 from ptrag_kedro.parameters import ReportingParameters
 from ptrag_kedro.pipelines.reporting.inference import block_obs, predictions_anndata
 from ptrag_kedro.retrieval import l2_normalise
@@ -272,11 +272,13 @@ def predict_baselines(
     split: str = TEST,
 ) -> tuple[ad.AnnData, dict[str, Any]]:
     """Every baseline's predicted cells (obs ``method``) and a summary (alphas, fallbacks)."""
-    data = baseline_data(screen, perturbation_embeddings, reporting)
     spec = SentenceSpec(cell_set_size=1, same_batch_controls=reporting.same_batch_controls)
-    sampler = samplers_for(
+    # Checked before anything is fitted: embeddings or a manifest of another screen are refused.
+    _, samplers = checked_samplers(
         (split,), spec, screen, split_manifest, perturbation_embeddings, pd.DataFrame(), None
-    )[split]
+    )
+    sampler = samplers[split]
+    data = baseline_data(screen, perturbation_embeddings, reporting)
     cell_names = screen.obs_names.to_numpy()
     blocks, obs_rows = [], []
     for index, group in enumerate(sampler.groups):

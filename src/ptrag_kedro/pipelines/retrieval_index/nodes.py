@@ -53,16 +53,41 @@ def _check_embeddings(
     )
 
 
+def candidate_count(retrieval: RetrievalParameters, n_train: int, log: bool = False) -> int:
+    """K, the candidates per query: ``k: auto`` takes the paper's 32, or the largest legal K on
+    a screen with fewer train perturbations; a K the index cannot give is refused."""
+    k = min(PAPER_K, n_train - 1) if retrieval.k == "auto" else int(retrieval.k)
+    if log and retrieval.k == "auto":
+        logger.info(
+            "retrieval_index.k: auto -> %d (the paper's %d, at most %d train perturbations - 1)",
+            k,
+            PAPER_K,
+            n_train,
+        )
+    if not 1 <= k <= n_train - 1:
+        raise RetrievalError(
+            f"parameter retrieval_index.k = {k}, but with {n_train} train perturbations a query "
+            f"can have at most {n_train - 1} candidates (itself excluded): lower k, or set auto"
+        )
+    return k
+
+
 def build_retrieval_index(
-    perturbation_embeddings: pd.DataFrame, split_manifest: dict[str, Any]
+    perturbation_embeddings: pd.DataFrame,
+    split_manifest: dict[str, Any],
+    retrieval: RetrievalParameters,
 ) -> RetrievalIndex:
-    """Exact cosine index over the embedded train perturbations (train in any line)."""
+    """Exact cosine index over the embedded train perturbations (train in any line).
+
+    ``retrieval_index.k`` is checked here, before the index is written, so a K the screen cannot
+    give leaves the previous retrieval artefacts as they were."""
     _check_embeddings(perturbation_embeddings, split_manifest)
     train = [p for p in train_perturbations(split_manifest) if p in perturbation_embeddings.index]
     if len(train) < 2:
         raise RetrievalError(
             f"only {len(train)} embedded train perturbations: nothing to retrieve from"
         )
+    candidate_count(retrieval, len(train))
     index = build_index(
         perturbation_embeddings.loc[train].to_numpy(),
         train,
@@ -84,8 +109,6 @@ def find_retrieval_candidates(
     """Top-K train perturbations for every embedded perturbation (train, val, test), self excluded.
 
     Computed once here, so training looks candidates up per cell sentence instead of searching.
-    ``k: auto`` takes the paper's 32, or the largest legal K on a screen with fewer train
-    perturbations.
     """
     _check_embeddings(perturbation_embeddings, split_manifest)
     for field, key, current in (
@@ -99,20 +122,7 @@ def find_retrieval_candidates(
             current[key],
             "kedro run --pipelines=retrieval_index",
         )
-    n_train = len(retrieval_index.names)
-    k = min(PAPER_K, n_train - 1) if retrieval.k == "auto" else int(retrieval.k)
-    if retrieval.k == "auto":
-        logger.info(
-            "retrieval_index.k: auto -> %d (the paper's %d, at most %d train perturbations - 1)",
-            k,
-            PAPER_K,
-            n_train,
-        )
-    if not 1 <= k <= n_train - 1:
-        raise RetrievalError(
-            f"parameter retrieval_index.k = {k}, but with {n_train} train perturbations a query "
-            f"can have at most {n_train - 1} candidates (itself excluded): lower k, or set auto"
-        )
+    k = candidate_count(retrieval, len(retrieval_index.names), log=True)
     queries = [p for p in perturbation_embeddings.index if p != split_manifest["control_label"]]
     candidates = search(
         retrieval_index, perturbation_embeddings.loc[queries].to_numpy(), queries, k

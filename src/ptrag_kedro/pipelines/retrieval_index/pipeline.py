@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 build_retrieval_index,
-                inputs=["perturbation_embeddings", "split_manifest"],
+                inputs=["perturbation_embeddings", "split_manifest", "params:retrieval_index"],
                 outputs="retrieval_index",
                 name="build_retrieval_index",
             ),
