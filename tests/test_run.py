@@ -214,12 +214,38 @@ def test_a_fresh_clone_trains_ptrag_with_one_command_first(project: Path) -> Non
     assert record.config.retrieval == "ptrag"
 
 
-def test_a_bad_parameter_stops_the_run_at_its_start_in_one_line(project: Path) -> None:
-    failed = _kedro_cli(project, "--params=training.max_steps=0", check=False)
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder``: (size, mtime in ns)."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.max_steps=0", "training.max_steps must be an integer >= 1, got 0"),
+        ("training.max_steps=2.5", "training.max_steps must be an integer >= 1, got 2.5"),
+        ("ingestion.split.seed=abc", "ingestion.split.seed must be an integer"),
+        ("training.checkpoint_every_n_steps=-5", "training.checkpoint_every_n_steps must be"),
+        ("training.accelerator=abc", "training.accelerator must be one of"),
+        ("reporting.reference_variant=nosuch", "reporting.reference_variant"),
+        ("reporting.baselines=linear", "reporting.baselines must be a list"),
+        ("retrieval_index.k=-1", "retrieval_index.k must be a positive integer or auto"),
+    ],
+)
+def test_a_bad_parameter_stops_the_run_at_its_start_in_one_line(
+    project: Path, override: str, message: str
+) -> None:
+    before = _listing(project / "data")
+    failed = _kedro_cli(project, f"--params={override}", check=False)
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
-    assert failed.returncode == 1 and len(errors) == 1
-    assert "training.max_steps must be an integer >= 1, got 0" in errors[0]
-    assert not (project / "data/01_raw/demo/screen.h5ad").exists()  # no node ran
+    assert failed.returncode == 1 and len(errors) == 1, failed.stderr[-2000:]
+    assert message in errors[0]
+    assert "Traceback" not in failed.stderr
+    assert _listing(project / "data") == before  # nothing written: no node ran
 
 
 def test_runtime_params_select_heldout_line(project: Path) -> None:
