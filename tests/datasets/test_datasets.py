@@ -237,3 +237,27 @@ def test_an_os_error_while_writing_is_one_line_and_keeps_the_old_file(
     monkeypatch.undo()
     assert dataset.load() == {"old": True}
     assert [path.name for path in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_an_h5ad_that_cannot_fit_is_refused_before_it_is_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_screen: ad.AnnData
+) -> None:
+    """h5py can crash the process when HDF5's own write fails, so a screen larger than the free
+    space is refused, in one line, before any byte is written; the old file stays."""
+    import collections
+
+    from ptrag_kedro.errors import DatasetFileError
+
+    target = tmp_path / "screen.h5ad"
+    dataset = AnnDataDataset(filepath=str(target))
+    small = tiny_screen[:10].copy()
+    dataset.save(small)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DatasetFileError, match=r"screen.h5ad: cannot write it: it needs at least"):
+        dataset.save(tiny_screen)
+    monkeypatch.undo()
+    assert dataset.load().n_obs == 10
+    assert [path.name for path in tmp_path.iterdir()] == ["screen.h5ad"]
+    dataset.save(tiny_screen)  # with the space back it is written
+    assert dataset.load().n_obs == tiny_screen.n_obs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -80,6 +81,20 @@ def atomic_write_path(final_path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def require_free_space(filepath: Path, at_least_bytes: int) -> None:
+    """Refuse, in one line, to start a file of at least ``at_least_bytes`` where less is free."""
+    if at_least_bytes <= 0:
+        return
+    folder = filepath.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < at_least_bytes:
+        raise DatasetFileError(
+            f"{filepath}: cannot write it: it needs at least {at_least_bytes / 1e6:,.1f} MB and "
+            f"{folder} has {free / 1e6:,.1f} MB free"
+        )
+
+
 def check_write_allowed(filepath: Path, write_only_under: Path | None) -> None:
     """Refuse to write ``filepath`` outside ``write_only_under`` (raw inputs are read-only).
 
@@ -148,11 +163,14 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
         return self._optional and not self._filepath.is_file()
 
     @contextlib.contextmanager
-    def _write_target(self) -> Iterator[Path]:
+    def _write_target(self, at_least_bytes: int = 0) -> Iterator[Path]:
         """Where ``save`` writes: refused outside ``write_only_under``, then atomic. An OS error
         (a full disk, a read-only folder) is one line naming the file; the previous file, if
-        any, stays."""
+        any, stays. ``at_least_bytes``, a lower bound of the file's size, is checked against
+        the free space first: h5py can crash the process (status 139) when a write fails
+        inside HDF5, so a file that cannot fit is refused before it is started."""
         check_write_allowed(self._filepath, self._write_only_under)
+        require_free_space(self._filepath, at_least_bytes)
         try:
             with atomic_write_path(self._filepath) as tmp_path:
                 yield tmp_path

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import anndata as ad
 import h5py
 import pandas as pd
+import scipy.sparse as sp
 
 from ptrag_kedro.datasets._files import LocalTableDataset, check_write_allowed
 from ptrag_kedro.download import RemoteFile
@@ -26,10 +27,28 @@ class H5adWriter(Protocol):
     memory is saved without ever being whole.
     """
 
+    obs: pd.DataFrame
     n_obs: int
     n_vars: int
 
     def write_h5ad(self, path: str | PathLike, **kwargs: Any) -> None: ...
+
+
+def _array_bytes(array: Any) -> int:
+    if sp.issparse(array):
+        return sum(int(getattr(array, name).nbytes) for name in ("data", "indices", "indptr"))
+    return int(getattr(array, "nbytes", 0))
+
+
+def _stored_bytes(data: ad.AnnData | H5adWriter) -> int:
+    """A lower bound of the h5ad file's size: the arrays held in memory (X, obsm, the staged
+    screen's chosen features) and the obs table; streamed counts are not counted."""
+    total = int(data.obs.memory_usage(index=True, deep=False).sum())
+    if isinstance(data, ad.AnnData):
+        arrays = [data.X, *data.obsm.values()] if not data.isbacked else list(data.obsm.values())
+    else:
+        arrays = [getattr(data, "features", None)]
+    return total + sum(_array_bytes(array) for array in arrays if array is not None)
 
 
 class AnnDataDataset(LocalTableDataset[ad.AnnData | H5adWriter | RemoteFile, ad.AnnData]):
@@ -89,7 +108,9 @@ class AnnDataDataset(LocalTableDataset[ad.AnnData | H5adWriter | RemoteFile, ad.
             check_write_allowed(self._filepath, self._write_only_under)
             data.fetch(self._filepath)
             return
-        with self._write_target() as tmp_path:
+        # Compression can make the file smaller than the arrays, so no lower bound then.
+        compressed = self._save_args.get("compression") is not None
+        with self._write_target(0 if compressed else _stored_bytes(data)) as tmp_path:
             data.write_h5ad(tmp_path, **self._save_args)
         logger.info("Wrote %s (%d cells x %d genes)", self._filepath, data.n_obs, data.n_vars)
 
