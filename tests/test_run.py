@@ -384,7 +384,10 @@ def test_cross_validate_runs_every_fold_of_an_unseen_gene_split(project: Path) -
     sizes = pooled.groupby("fold")["n_conditions"].max()
     assert sizes["pooled"] == sizes["k562_s0"] + sizes["hepg2_s1"]
     paired = pd.read_csv(project / "data/08_reporting/cross_validation/paired_tests.csv")
-    assert (paired["n_conditions"] == sizes["pooled"]).all()
+    # every condition pooled; a metric undefined on some (de_overlap_fdr where the real test
+    # finds no DE gene) has fewer
+    assert (paired.loc[paired["metric"] == "w1", "n_conditions"] == sizes["pooled"]).all()
+    assert (paired["n_conditions"] <= sizes["pooled"]).all()
     report = (project / "data/08_reporting/cross_validation/report.md").read_text()
     assert "k562 (split seed 0), hepg2 (split seed 1)" in report
     failed = _kedro_cli(project, "--folds=nope", check=False, command="cross-validate")
