@@ -261,3 +261,18 @@ def test_an_h5ad_that_cannot_fit_is_refused_before_it_is_started(
     assert [path.name for path in tmp_path.iterdir()] == ["screen.h5ad"]
     dataset.save(tiny_screen)  # with the space back it is written
     assert dataset.load().n_obs == tiny_screen.n_obs
+
+
+def test_a_folder_given_as_a_file_is_named_as_such(tmp_path: Path) -> None:
+    """A directory passed as a file path (e.g. raw_screen_path) says so, optional or not."""
+    from ptrag_kedro.datasets.parquet_dataset import ParquetDataset
+    from ptrag_kedro.errors import DatasetFileError
+
+    folder = tmp_path / "screens"
+    folder.mkdir()
+    for dataset in (
+        AnnDataDataset(filepath=str(folder), produced_by="kedro run --pipelines=prepare"),
+        ParquetDataset(filepath=str(folder), optional=True),
+    ):
+        with pytest.raises(DatasetFileError, match=r"screens: is a folder, not a .*file"):
+            dataset.load()

@@ -153,6 +153,10 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
         return self._filepath
 
     def _require_file(self) -> None:
+        if self._filepath.is_dir():
+            raise DatasetFileError(
+                f"{self._filepath}: is a folder, not a {self.file_kind}; give the file's path"
+            )
         if not self._filepath.is_file():
             raise DatasetFileError(
                 f"{self._filepath}: no such {self.file_kind}{missing_hint(self._produced_by)}"
@@ -160,7 +164,7 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
 
     def _absent(self) -> bool:
         """An optional file that is not there: load the subclass's default instead."""
-        return self._optional and not self._filepath.is_file()
+        return self._optional and not self._filepath.exists()  # a folder is an error, not absent
 
     @contextlib.contextmanager
     def _write_target(self, at_least_bytes: int = 0) -> Iterator[Path]:

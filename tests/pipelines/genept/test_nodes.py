@@ -84,6 +84,8 @@ def test_symbols_match_case_whitespace_and_aliases() -> None:
         aliases={"KIAA1804": "MAP3K21"},
     )
     assert "MAP3K21" in embeddings.index
+    with pytest.raises(GeneEmbeddingError, match=r"gene_aliases_path=PATH.*got a list"):
+        build(vectors, split, aliases=["KIAA1804", "MAP3K21"])
 
 
 def test_missing_drop_and_error(caplog) -> None:

@@ -123,7 +123,10 @@ def _alias_lookup(gene_aliases: Any) -> dict[str, list[str]]:
     if not isinstance(gene_aliases, dict) or not all(
         isinstance(key, str) and isinstance(value, str) for key, value in gene_aliases.items()
     ):
-        raise GeneEmbeddingError("gene aliases: expected a JSON object of old symbol -> new symbol")
+        raise GeneEmbeddingError(
+            "gene_aliases (the file of --params=gene_aliases_path=PATH): expected a JSON object "
+            f"of old symbol -> new symbol, got a {type(gene_aliases).__name__}"
+        )
     lookup: dict[str, list[str]] = {}
     for old, new in gene_aliases.items():
         lookup.setdefault(normalise_symbol(old), []).append(normalise_symbol(new))
