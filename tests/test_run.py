@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -283,8 +286,48 @@ def test_truncated_screen_leaves_nothing(project: Path, tiny_screen: ad.AnnData)
     assert not (project / "data/03_primary/split_manifest.json").exists()
 
 
+def _limit_file_size(limit_bytes: int) -> Callable[[], None]:
+    """A ``preexec_fn``: files the child writes stop at ``limit_bytes``, as on a full disk (a
+    write past it fails with EFBIG; SIGXFSZ, which would kill the child, is ignored)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return limit
+
+
+def test_a_full_disk_during_the_screen_write_is_one_line_and_keeps_the_old_screen(
+    project: Path,
+) -> None:
+    """HDF5 fails part-way through the screen's X: exit 1 with one line naming the file, never a
+    crash (h5py's cached chunks used to fail again at exit, status 139), the previous screen
+    untouched and no temporary file left."""
+    _run(project, "demo")
+    _run(project, "ingestion")
+    screen = project / "data/03_primary/screen.h5ad"
+    before = _digest(screen)
+    failed = _kedro_cli(
+        project,
+        "--pipelines=ingestion",
+        "--params=ingestion.split.seed=1",
+        check=False,
+        file_size_limit=screen.stat().st_size // 2,
+    )
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
+    assert failed.returncode == 1 and len(errors) == 1, failed.stderr[-3000:]
+    assert "screen.h5ad: cannot write it" in errors[0] and "File too large" in errors[0]
+    assert "Traceback" not in failed.stderr and "Exception ignored" not in failed.stderr
+    assert _digest(screen) == before
+    assert not list(screen.parent.glob(".*.tmp*"))
+
+
 def _kedro_cli(
-    project: Path, *arguments: str, check: bool = True, command: str = "run"
+    project: Path,
+    *arguments: str,
+    check: bool = True,
+    command: str = "run",
+    file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess:
     kedro = Path(sys.executable).with_name("kedro")
     result = subprocess.run(
@@ -294,6 +337,7 @@ def _kedro_cli(
         capture_output=True,
         text=True,
         timeout=600,
+        preexec_fn=None if file_size_limit is None else _limit_file_size(file_size_limit),
     )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

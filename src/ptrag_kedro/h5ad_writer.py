@@ -1,10 +1,23 @@
-"""An h5ad file written block by block: obs, var and uns first, then X appended a block of rows
-at a time, so a screen larger than memory is never whole. Ingestion's staged screen and the
-simulator's streamed screen both write through it."""
+"""Writing h5ad files so that a failed write is an ``OSError``, never a crash.
+
+HDF5 keeps written chunks in a cache and flushes them when the dataset or file closes. When the
+disk is full (or a file-size limit is hit) that flush fails, and closing the objects again at
+interpreter exit crashes the process (status 139). With the raw-data chunk cache off, a failed
+write fails at the write itself, the file closes, and the error reaches the caller as one
+``OSError``; the write speed is the same for the whole blocks written here.
+
+An h5ad file written block by block (obs, var and uns first, then X appended a block of rows at
+a time) keeps a screen larger than memory from ever being whole. Ingestion's staged screen and
+the simulator's streamed screen both write through it; the AnnData dataset writes through
+:func:`write_h5ad`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+import re
+from collections.abc import Iterable, Iterator
 from os import PathLike
 from typing import Any
 
@@ -13,6 +26,45 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 from anndata.io import sparse_dataset, write_elem
+
+#: How HDF5's error text names the system error of a failed write.
+_HDF5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+@contextlib.contextmanager
+def open_for_writing(path: str | PathLike, mode: str = "w") -> Iterator[h5py.File]:
+    """``h5py.File(path, mode)`` without the chunk cache (see the module's docstring).
+
+    A failed system write inside HDF5 comes out of h5py as a ``RuntimeError`` or an ``OSError``
+    with HDF5's whole error stack as its text; it is raised as the plain ``OSError`` of its
+    errno ("No space left on device", "File too large")."""
+    try:
+        with h5py.File(path, mode, rdcc_nbytes=0) as handle:
+            yield handle
+    except (OSError, RuntimeError) as error:
+        found = _HDF5_ERRNO.search(str(error))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code)) from error
+
+
+def write_h5ad(path: str | PathLike, adata: ad.AnnData, **save_args: Any) -> None:
+    """``adata.write_h5ad(path, **save_args)`` through :func:`open_for_writing`.
+
+    Like anndata's, it turns string columns into categoricals first and passes ``save_args``
+    (``compression``, ``compression_opts``...) to every dataset. A backed AnnData, whose X is
+    read from its own file, is left to anndata's writer.
+    """
+    if adata.isbacked:
+        adata.write_h5ad(path, **save_args)
+        return
+    adata.strings_to_categoricals()
+    if adata.raw is not None:
+        adata.strings_to_categoricals(adata.raw.var)
+    options = {key: value for key, value in save_args.items() if value is not None}
+    with open_for_writing(path) as handle:
+        write_elem(handle, "/", adata, dataset_kwargs=options)
 
 
 def write_h5ad_in_blocks(
@@ -29,12 +81,12 @@ def write_h5ad_in_blocks(
     whose rows of X do not match ``skeleton``'s cells.
     """
     options = {key: value for key, value in (dataset_kwargs or {}).items() if value is not None}
-    skeleton.write_h5ad(path, **options)
+    write_h5ad(path, skeleton, **options)
     n_obs = skeleton.n_obs
     # A 32-bit indptr cannot count past 2**31 stored values, and anndata refuses to append
     # beyond it: a screen that could hold that many gets a 64-bit one from the first block.
     wide_indptr = n_obs * n_vars >= np.iinfo(np.int32).max
-    with h5py.File(path, "a") as handle:
+    with open_for_writing(path, "a") as handle:
         written = _append_blocks(handle, blocks, options, wide_indptr)
     if written != n_obs:
         raise RuntimeError(f"{path}: wrote {written} rows of X for {n_obs} cells")

@@ -171,8 +171,9 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
         """Where ``save`` writes: refused outside ``write_only_under``, then atomic. An OS error
         (a full disk, a read-only folder) is one line naming the file; the previous file, if
         any, stays. ``at_least_bytes``, a lower bound of the file's size, is checked against
-        the free space first: h5py can crash the process (status 139) when a write fails
-        inside HDF5, so a file that cannot fit is refused before it is started."""
+        the free space first, so a file that cannot fit is refused before any of it is
+        written (h5ad files are written through ``h5ad_writer``, whose failed writes are
+        ``OSError``s, not crashes)."""
         check_write_allowed(self._filepath, self._write_only_under)
         require_free_space(self._filepath, at_least_bytes)
         try:
