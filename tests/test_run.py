@@ -374,6 +374,16 @@ def test_cli_genept_with_a_users_embedding_file(project: Path) -> None:
     assert _digest(user_file) == before
     _run(project, "retrieval_index")  # consumes the new embeddings without complaint
     assert (project / "data/05_model_input/retrieval_candidates.parquet").is_file()
+    # A mistyped path: one line naming it, and nothing written (the summary cache included).
+    typo = project / "my_vectrs.parquet"
+    listing = _listing(project / "data")
+    failed = _kedro_cli(
+        project, "--pipelines=genept", f"--params=gene_embeddings_path={typo}", check=False
+    )
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error:")]
+    assert failed.returncode == 1 and len(errors) == 1, failed.stderr[-2000:]
+    assert f"{typo}: no such gene-embedding file" in errors[0]
+    assert _listing(project / "data") == listing
 
 
 def test_cli_ingestion_of_a_real_screen(project: Path, shared_data: Path) -> None:

@@ -55,6 +55,26 @@ def test_anndata_unreadable_file_one_line(
     assert "\n" not in message
 
 
+def test_anndata_whose_obsm_is_short_names_the_field(tmp_path: Path) -> None:
+    """A readable HDF5 file whose ``obsm["X_hvg"]`` has fewer rows than obs: named as such, not
+    as truncation."""
+    import h5py
+    from anndata.io import write_elem
+
+    path = tmp_path / "short_obsm.h5ad"
+    adata = ad.AnnData(X=np.ones((10, 4), dtype=np.float32))
+    adata.obsm["X_hvg"] = np.ones((10, 3), dtype=np.float32)
+    adata.write_h5ad(path)
+    with h5py.File(path, "a") as handle:
+        del handle["obsm/X_hvg"]
+        write_elem(handle["obsm"], "X_hvg", np.ones((7, 3), dtype=np.float32))
+    with pytest.raises(DatasetError) as error:
+        AnnDataDataset(filepath=str(path), load_args={"backed": "r"}).load()
+    message = str(error.value)
+    assert message.startswith(f"{path}: not a valid AnnData: ") and "'X_hvg'" in message
+    assert "(7,)" in message and "truncated" not in message and "\n" not in message
+
+
 def test_anndata_failed_save_keeps_previous_file(tmp_path: Path, tiny_screen: ad.AnnData) -> None:
     path = tmp_path / "screen.h5ad"
     dataset = AnnDataDataset(filepath=str(path))
@@ -315,3 +335,23 @@ def test_a_folder_given_as_a_file_is_named_as_such(tmp_path: Path) -> None:
     ):
         with pytest.raises(DatasetFileError, match=r"screens: is a folder, not a .*file"):
             dataset.load()
+
+
+def test_a_skip_unchanged_parquet_writes_only_what_changed(tmp_path: Path) -> None:
+    """The summary cache: no file for an empty table, no rewrite of the same table, a write of a
+    grown one."""
+    from ptrag_kedro.datasets import ParquetDataset
+
+    path = tmp_path / "cache.parquet"
+    cache = ParquetDataset(filepath=str(path), optional=True, skip_unchanged=True)
+    cache.save(cache.load())
+    assert not path.exists()
+    first = pd.DataFrame({"0": [0.5, 1.5]}, index=["a", "b"])
+    cache.save(first)
+    written = path.stat().st_mtime_ns
+    os.utime(path, ns=(written - 10**9, written - 10**9))
+    cache.save(cache.load())
+    assert path.stat().st_mtime_ns == written - 10**9
+    grown = pd.concat([first, pd.DataFrame({"0": [2.5]}, index=["c"])])
+    cache.save(grown)
+    pd.testing.assert_frame_equal(cache.load(), grown)

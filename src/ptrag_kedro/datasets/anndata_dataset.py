@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from ptrag_kedro.datasets._files import LocalTableDataset, check_write_allowed
 from ptrag_kedro.download import RemoteFile
-from ptrag_kedro.errors import DatasetFileError
+from ptrag_kedro.errors import DatasetFileError, one_line
 from ptrag_kedro.h5ad_writer import write_h5ad
 
 logger = logging.getLogger(__name__)
@@ -131,11 +131,16 @@ class AnnDataDataset(LocalTableDataset[ad.AnnData | H5adWriter | RemoteFile, ad.
         return obs.iloc[:nrows]
 
     def _unreadable(self, exc: Exception) -> DatasetFileError:
-        # h5py reports truncation and foreign formats as OSError with a multi-line text.
+        # h5py reports truncation and foreign formats as OSError with a multi-line text;
+        # anndata reports an HDF5 file whose parts disagree (an obsm with fewer rows than obs)
+        # as ValueError, and a missing group as KeyError.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return DatasetFileError(
-            f"{self._filepath}: not a readable h5ad file (truncated or another format): {reason}"
-        )
+        if isinstance(exc, OSError):
+            return DatasetFileError(
+                f"{self._filepath}: not a readable h5ad file (truncated or another format): "
+                f"{reason}"
+            )
+        return DatasetFileError(f"{self._filepath}: not a valid AnnData: {one_line(exc, 300)}")
 
     def _describe(self) -> dict[str, Any]:
         return {

@@ -63,7 +63,7 @@ def _frame_from_mapping(mapping: Any, path: Path) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(symbols, name="symbol"))
 
 
-class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
+class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
     """Gene symbol -> vector table; the format follows the file extension.
 
     Loads to a float32 ``DataFrame`` indexed by symbol (one column per dimension).
@@ -71,7 +71,9 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
     read with an unpickler that accepts plain data only; ``.csv``/``.csv.gz`` has the symbol in
     the first column; ``.parquet`` has it as the index or first column. ``write_only_under``
     refuses saves outside that folder (a user's file is never overwritten); ``optional`` loads a
-    missing file as ``None`` (a source the run may not use).
+    missing file as an empty table (a source the run may not use) marked ``attrs["absent"]``,
+    whose ``attrs["source_file"]`` still names the file, so a node that needs it can say which
+    path was not there.
     """
 
     file_kind = "gene-embedding file"
@@ -94,9 +96,11 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame | None]):
         )
         self._suffix = _suffix(self._filepath)
 
-    def load(self) -> pd.DataFrame | None:
+    def load(self) -> pd.DataFrame:
         if self._absent():
-            return None
+            absent = pd.DataFrame(index=pd.Index([], name="symbol", dtype=str), dtype=np.float32)
+            absent.attrs.update(source_file=str(self._filepath), absent=True)
+            return absent
         self._require_file()
         try:
             if self._suffix in _PICKLE_SUFFIXES:

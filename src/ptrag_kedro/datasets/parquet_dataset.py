@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,10 +21,17 @@ class ParquetDataset(LocalTableDataset[pd.DataFrame, pd.DataFrame]):
         filepath: path of the parquet file.
         optional: a missing file loads as an empty ``DataFrame`` (a cache on its first run).
         produced_by: the command that creates the file, named when it is missing.
+        skip_unchanged: a save of what the file already holds (or of an empty table where there
+            is no file) writes nothing: a cache is rewritten only when it grows, so a run that
+            fails after its cache node leaves the file as it was.
         metadata: free-form metadata for plugins, ignored here.
     """
 
     file_kind = "parquet file"
+
+    def __init__(self, *, skip_unchanged: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._skip_unchanged = skip_unchanged
 
     def load(self) -> pd.DataFrame:
         if self._absent():
@@ -34,8 +43,18 @@ class ParquetDataset(LocalTableDataset[pd.DataFrame, pd.DataFrame]):
             raise DatasetFileError(f"{self._filepath}: unreadable parquet file: {exc}") from exc
 
     def save(self, data: pd.DataFrame) -> None:
+        if self._skip_unchanged and self._holds(data):
+            return
         with self._write_target() as tmp_path:
             data.to_parquet(tmp_path)
+
+    def _holds(self, data: pd.DataFrame) -> bool:
+        if not self._filepath.is_file():
+            return data.empty
+        return self.load().equals(data)
+
+    def _describe(self) -> dict[str, Any]:
+        return {**super()._describe(), "skip_unchanged": self._skip_unchanged}
 
     def _head(self, nrows: int) -> pd.DataFrame:
         try:

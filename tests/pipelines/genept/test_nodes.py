@@ -122,9 +122,16 @@ def test_nan_vector_and_conflicting_duplicates() -> None:
     )  # identical copies collapse
 
 
-def test_file_source_without_file_and_unknown_source() -> None:
-    with pytest.raises(GeneEmbeddingError, match="gene_embeddings_path"):
-        build_perturbation_embeddings(None, pd.DataFrame(), None, manifest({"k562": ["A"]}), GENEPT)
+def test_file_source_without_file_and_unknown_source(tmp_path: Path) -> None:
+    """A mistyped gene_embeddings_path: one line naming the path that is not there."""
+    typo = tmp_path / "gene_embedings.pickle"
+    absent = GeneEmbeddingDataset(filepath=str(typo), optional=True).load()
+    with pytest.raises(GeneEmbeddingError) as error:
+        build_perturbation_embeddings(
+            absent, pd.DataFrame(), None, manifest({"k562": ["A"]}), GENEPT
+        )
+    assert str(error.value).startswith(f"{typo}: no such gene-embedding file")
+    assert "--params=gene_embeddings_path=PATH" in str(error.value)
     with pytest.raises(ParameterError, match="genept.source must be"):
         build(table(["A"]), manifest({"k562": ["A"]}), source="web")
 
@@ -138,9 +145,11 @@ def test_wrong_length_vector_in_pickle(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetError, match="vector of 'CCC' has 3 values where the others have 4"):
         GeneEmbeddingDataset(filepath=str(path)).load()
-    assert (
-        GeneEmbeddingDataset(filepath=str(tmp_path / "absent.pickle"), optional=True).load() is None
-    )
+    absent = GeneEmbeddingDataset(filepath=str(tmp_path / "absent.pickle"), optional=True).load()
+    assert absent.empty and absent.attrs == {
+        "source_file": str(tmp_path / "absent.pickle"),
+        "absent": True,
+    }
 
 
 def test_real_genept_vectors_for_a_screen(shared_data: Path) -> None:

@@ -144,7 +144,7 @@ def _perturbations_by_line_and_split(
 
 
 def _vector_table(
-    raw_gene_embeddings: pd.DataFrame | None,
+    raw_gene_embeddings: pd.DataFrame,
     summary_gene_embeddings: pd.DataFrame,
     genept: GeneptParameters,
 ) -> tuple[pd.DataFrame, str]:
@@ -152,12 +152,14 @@ def _vector_table(
     if genept.source == "summaries":
         source = summary_gene_embeddings.attrs.get("source", "gene summaries")
         return summary_gene_embeddings, str(source)
-    if raw_gene_embeddings is None:
+    path = str(raw_gene_embeddings.attrs.get("source_file", "the gene-embedding file"))
+    if raw_gene_embeddings.attrs.get("absent"):
         raise GeneEmbeddingError(
-            "genept.source is 'file' but the gene-embedding file does not exist: give one with "
-            "--params=gene_embeddings_path=PATH (.pickle, .csv, .csv.gz or .parquet)"
+            f"{path}: no such gene-embedding file (genept.source: file reads it); give one with "
+            "--params=gene_embeddings_path=PATH (.pickle, .csv, .csv.gz or .parquet), or set "
+            "genept.source: summaries"
         )
-    return raw_gene_embeddings, str(raw_gene_embeddings.attrs.get("source_file", "gene file"))
+    return raw_gene_embeddings, path
 
 
 def _match(
@@ -225,7 +227,7 @@ def _coverage(
 
 
 def build_perturbation_embeddings(
-    raw_gene_embeddings: pd.DataFrame | None,
+    raw_gene_embeddings: pd.DataFrame,
     summary_gene_embeddings: pd.DataFrame,
     gene_aliases: dict[str, str] | None,
     split_manifest: dict[str, Any],
