@@ -8,8 +8,7 @@ write fails at the write itself, the file closes, and the error reaches the call
 
 An h5ad file written block by block (obs, var and uns first, then X appended a block of rows at
 a time) keeps a screen larger than memory from ever being whole. Ingestion's staged screen and
-the simulator's streamed screen both write through it; the AnnData dataset writes through
-:func:`write_h5ad`.
+the simulator's streamed screen both write their X through it.
 """
 
 from __future__ import annotations
@@ -49,24 +48,6 @@ def open_for_writing(path: str | PathLike, mode: str = "w") -> Iterator[h5py.Fil
         raise OSError(code, os.strerror(code)) from error
 
 
-def write_h5ad(path: str | PathLike, adata: ad.AnnData, **save_args: Any) -> None:
-    """``adata.write_h5ad(path, **save_args)`` through :func:`open_for_writing`.
-
-    Like anndata's, it turns string columns into categoricals first and passes ``save_args``
-    (``compression``, ``compression_opts``...) to every dataset. A backed AnnData, whose X is
-    read from its own file, is left to anndata's writer.
-    """
-    if adata.isbacked:
-        adata.write_h5ad(path, **save_args)
-        return
-    adata.strings_to_categoricals()
-    if adata.raw is not None:
-        adata.strings_to_categoricals(adata.raw.var)
-    options = {key: value for key, value in save_args.items() if value is not None}
-    with open_for_writing(path) as handle:
-        write_elem(handle, "/", adata, dataset_kwargs=options)
-
-
 def write_h5ad_in_blocks(
     path: str | PathLike,
     skeleton: ad.AnnData,
@@ -81,7 +62,7 @@ def write_h5ad_in_blocks(
     whose rows of X do not match ``skeleton``'s cells.
     """
     options = {key: value for key, value in (dataset_kwargs or {}).items() if value is not None}
-    write_h5ad(path, skeleton, **options)
+    skeleton.write_h5ad(path, **options)  # small (obs, var, uns): checked against free space
     n_obs = skeleton.n_obs
     # A 32-bit indptr cannot count past 2**31 stored values, and anndata refuses to append
     # beyond it: a screen that could hold that many gets a 64-bit one from the first block.

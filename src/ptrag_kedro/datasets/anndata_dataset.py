@@ -14,7 +14,6 @@ import scipy.sparse as sp
 from ptrag_kedro.datasets._files import LocalTableDataset, check_write_allowed
 from ptrag_kedro.download import RemoteFile
 from ptrag_kedro.errors import DatasetFileError, one_line
-from ptrag_kedro.h5ad_writer import write_h5ad
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +111,7 @@ class AnnDataDataset(LocalTableDataset[ad.AnnData | H5adWriter | RemoteFile, ad.
         # Compression can make the file smaller than the arrays, so no lower bound then.
         compressed = self._save_args.get("compression") is not None
         with self._write_target(0 if compressed else _stored_bytes(data)) as tmp_path:
-            if isinstance(data, ad.AnnData):
-                write_h5ad(tmp_path, data, **self._save_args)
-            else:
-                data.write_h5ad(tmp_path, **self._save_args)
+            data.write_h5ad(tmp_path, **self._save_args)
         logger.info("Wrote %s (%d cells x %d genes)", self._filepath, data.n_obs, data.n_vars)
 
     def _head(self, nrows: int) -> pd.DataFrame:

@@ -51,7 +51,6 @@ import torch.distributed as dist
 from ptrag_kedro.datasets._files import atomic_write_path
 from ptrag_kedro.errors import UserError, one_line
 from ptrag_kedro.expression_rows import ExpressionRows
-from ptrag_kedro.h5ad_writer import write_h5ad
 from ptrag_kedro.models.config import ModelConfig, SentenceSpec
 from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SamplerSource, SentenceSampler
@@ -208,7 +207,7 @@ def write_job(job_dir: Path, job: TrainingJob) -> None:
         screen_path = str(Path(screen.filename).resolve())
     else:  # in memory (a test, a notebook): written here, read back by every rank
         with atomic_write_path(job_dir / SCREEN_FILE) as tmp_path:
-            write_h5ad(tmp_path, screen)
+            screen.write_h5ad(tmp_path)
         screen_path = SCREEN_FILE
     description = {
         "format": JOB_FORMAT,
