@@ -172,8 +172,8 @@ class LocalFileDataset(AbstractDataset[_Input, _Output]):
         (a full disk, a read-only folder) is one line naming the file; the previous file, if
         any, stays. ``at_least_bytes``, a lower bound of the file's size, is checked against
         the free space first, so a file that cannot fit is refused before any of it is
-        written (h5ad files are written through ``h5ad_writer``, whose failed writes are
-        ``OSError``s, not crashes)."""
+        written (a screen's X is written through ``h5ad_writer``, whose failed writes are
+        ``OSError``s; anndata's own writer, used for in-memory AnnData, can still crash)."""
         check_write_allowed(self._filepath, self._write_only_under)
         require_free_space(self._filepath, at_least_bytes)
         try:
