@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run test lint test-fast viz notebook peer benchmark clean
+.PHONY: install install-dev run test lint test-fast viz notebook peer mlflow-ui benchmark clean
 
 install: $(VENV)/.installed          ## what the pipelines need, nothing more
 install-dev: $(VENV)/.installed-dev  ## + the extras: test, text (GenePT summaries), eval, notebook
@@ -45,6 +45,17 @@ peer: .venv-peer/.installed
 	.venv-peer/bin/python -m pip install --quiet -c .venv-peer/constraints.txt -e ".[peer]"
 	touch $@
 
+# The MLflow UI in its own environment: the full `mlflow` needs pyarrow<26 where the project pins
+# 26.0.1 (the project installs mlflow-skinny, the client); same version, as the store's schema is.
+MLFLOW_VERSION = $(shell sed -n 's/^mlflow-skinny==//p' constraints.txt)
+mlflow-ui: .venv-mlflow/.installed   ## the MLflow UI on the project's tracked runs (mlflow.db)
+	.venv-mlflow/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+.venv-mlflow/.installed: constraints.txt
+	$(PYTHON) -m venv .venv-mlflow
+	grep -v '^pyarrow==' constraints.txt > .venv-mlflow/constraints.txt
+	.venv-mlflow/bin/python -m pip install --quiet -c .venv-mlflow/constraints.txt "mlflow==$(MLFLOW_VERSION)"
+	touch $@
+
 viz: install
 	$(BIN)/kedro viz run
 
@@ -55,4 +66,4 @@ benchmark: install      ## ingestion memory/time on a simulated 1M-cell screen (
 	$(BIN)/python benchmarks/ingestion_memory.py --cells 1000000 --genes 2000
 
 clean:
-	rm -rf $(VENV) .venv-peer
+	rm -rf $(VENV) .venv-peer .venv-mlflow

@@ -32,7 +32,7 @@ from ptrag_kedro.pipelines.ingestion.nodes import (
 raw_path, out_path = sys.argv[1], sys.argv[2]
 n_top_genes, block_rows = int(sys.argv[3]), int(sys.argv[4])
 params = yaml.safe_load(open("conf/base/parameters_ingestion.yml"))["ingestion"]
-params["split"].update(heldout_cell_line="hepg2", split_file=None)
+params["split"].update(heldout_cell_line="hepg2", seed=0, split_file=None)
 params["features"].update(n_top_genes=n_top_genes, block_rows=block_rows)
 features = FeatureParameters(**params["features"])
 load_args = yaml.safe_load(open("conf/base/catalog.yml"))["raw_screen"].get("load_args")

@@ -47,7 +47,7 @@ names = sorted(set(screen.obs[PERTURBATION].astype(str)) - {control})
 rng = np.random.default_rng(0)
 vectors = rng.normal(size=(len(names), embedding_dim)).astype(np.float32)
 embeddings = pd.DataFrame(vectors, index=names)
-expression = ExpressionRows.of(screen, in_memory_bytes=0)  # rows read from the file
+expression = ExpressionRows.of(screen, in_memory=False)  # rows read from the file
 spec = SentenceSpec(cell_set_size=paper["training"]["cell_set_size"])
 samplers = {
     split: SentenceSampler(

@@ -23,8 +23,19 @@ width, feed-forward width, and encoder / decoder depth = our ``mlp_layers``; its
 ``training_step``). Peak memory is measured in a fresh subprocess per model (CPU: ru_maxrss of
 the child minus its RSS just before the model is built; CUDA: max_memory_allocated), over two
 training steps. Inference throughput is predicted cells (B x S per forward) per second, eval
-mode, under ``torch.inference_mode()``. One JSON line per configuration is appended to
-benchmarks/results/training_step.jsonl.
+mode, under ``torch.inference_mode()``.
+
+Efficiency against the machine: each model's FLOPs per training step (forward + loss + backward,
+counted by ``torch.utils.flop_counter.FlopCounterMode`` on the eager model; Adam's elementwise
+update is not counted), its achieved FLOP/s (FLOPs / median step), and that as a fraction of the
+peak this machine measures: a ``--peak-size`` square matmul in the step's dtype (fp32; bf16 under
+``--bf16``), timed in the same round robin as the models so that load on a shared machine hits
+both alike (a CPU without bf16 instructions, AVX2 only, emulates bf16 products far slower than
+fp32 ones: under ``--bf16`` there the fraction is of that slow reference). Attention on the CPU
+is counted with torch's formulas for its CUDA kernels (``CPU_ATTENTION_FLOPS``). ``--compile``
+compiles each model (``nn.Module.compile``, as ``training.compile`` does); FLOPs are counted on
+the eager forward, as compilation does not change the arithmetic. One JSON line per
+configuration is appended to ``--results`` (benchmarks/results/training_step.jsonl).
 """
 
 from __future__ import annotations
@@ -51,17 +62,21 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
 
 from ptrag_kedro.models import ModelConfig, PerturbationModel
 from ptrag_kedro.models import _constants as keys
 from ptrag_kedro.models.module import PTRAGRetrieval, RetrievalOutput
 from ptrag_kedro.models.training import denormals_flushed
+from ptrag_kedro.parameters import VariantParameters
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 RESULTS = ROOT / "benchmarks" / "results" / "training_step.jsonl"
 OURS = ("state", "vanilla_rag", "ptrag", "ptrag_naive", "response_rag")
 PEER = "arc_state"
+PEAK = "peak_matmul"
 #: which conf variant builds each of ours
 SOURCE = {"ptrag_naive": "ptrag"}
 N_TRAIN_PERTURBATIONS = 2000
@@ -75,6 +90,26 @@ TARGETS = (
     ("PT-RAG step / our STATE step", "ptrag", "state", 1.15, "step_s"),
     ("PT-RAG peak memory / our STATE's", "ptrag", "state", 1.2, "peak_mb"),
 )
+#: the issue's efficiency target: our STATE step at least this fraction of the measured peak
+PEAK_TARGET = 0.7
+
+
+def _cpu_attention_flops(query, key, value, *_, **__) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward_flops(grad_out, query, key, value, *_, **__) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+#: torch's FLOP registry has the CUDA attention kernels but not the CPU one SDPA picks here;
+#: the same formulas (the arguments arrive as shapes)
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_attention_backward_flops
+    ),
+}
 
 
 class NaivePTRAG(PTRAGRetrieval):
@@ -135,7 +170,8 @@ def load_settings(name: str) -> Settings:
     genes = _conf(screen, "ingestion")["ingestion"]["features"]["n_top_genes"]
     embedding = _conf("base", "demo")["simulation"]["embedding_dim"]
     variants = training["variants"]
-    k = variants["ptrag"].get("candidates_k", "auto")
+    # the candidates a sentence reads when the index lists index_k per perturbation
+    k = VariantParameters(**variants["ptrag"]).resolved_candidates_k(index_k)
     neighbours = variants["response_rag"].get("response_neighbours", 8)
     models = {
         variant: ModelConfig(
@@ -151,7 +187,7 @@ def load_settings(name: str) -> Settings:
         cells=training["training"]["cell_set_size"],
         genes=genes,
         embedding=embedding,
-        k=index_k if k == "auto" else int(k),
+        k=k,
         slots=OTHER_LINES + 2 * neighbours + 1,
         models=models,
     )
@@ -275,6 +311,17 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def flops(self) -> int:
+        """FLOPs of one training step's forward + loss + backward (no optimiser update)."""
+        self.model.train(True)
+        self.optimiser.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+            with self._autocast():
+                loss = self.loss()
+            loss.backward()
+        self.optimiser.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
     def time(self, phase: str) -> float:
         self.model.train(phase == "train")
         self._sync()
@@ -292,7 +339,58 @@ class Runner:
         return time.perf_counter() - start
 
 
-def build_runner(name: str, settings: Settings, batch: dict, device: torch.device, bf16: bool):
+class PeakMatmul:
+    """The machine's reference: one ``size`` x ``size`` matmul in the step's dtype, timed in the
+    round robin beside the models (its "step" is the product, in either phase)."""
+
+    name = PEAK
+
+    def __init__(self, size: int, device: torch.device, bf16: bool) -> None:
+        generator = torch.Generator().manual_seed(2)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        self.left, self.right = (
+            torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2)
+        )
+        self.device = device
+        self.flop_count = 2 * size**3
+
+    def time(self, phase: str) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        torch.mm(self.left, self.right)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def build_runner(
+    name: str,
+    settings: Settings,
+    batch: dict,
+    device: torch.device,
+    bf16: bool,
+    compiled: bool = False,
+) -> Runner:
+    """A model with its batch; ``compiled``: its forward compiled in place, as
+    ``training.compile`` does (parameter names unchanged)."""
+    runner = _build_runner(name, settings, batch, device, bf16)
+    if compiled:
+        runner.model.compile()
+    return runner
+
+
+def count_flops(runner: Runner) -> int:
+    """FLOPs of a step, counted on the eager forward even when the model is compiled."""
+    compiled = runner.model._compiled_call_impl  # nn.Module.compile's hook (None: eager)
+    runner.model._compiled_call_impl = None
+    try:
+        return runner.flops()
+    finally:
+        runner.model._compiled_call_impl = compiled
+
+
+def _build_runner(name: str, settings: Settings, batch: dict, device: torch.device, bf16: bool):
     torch.manual_seed(0)
     b, s = settings.batch, settings.cells
     if name == PEER:
@@ -342,7 +440,9 @@ def parameter_counts(runner: Runner) -> dict[str, int]:
 # ---------------------------------------------------------------- measuring
 
 
-def round_robin(runners: list[Runner], phase: str, steps: int, warmup: int) -> dict[str, float]:
+def round_robin(
+    runners: list[Runner | PeakMatmul], phase: str, steps: int, warmup: int
+) -> dict[str, float]:
     """Median seconds per step of each runner, interleaved and rotated each round."""
     times: dict[str, list[float]] = {runner.name: [] for runner in runners}
     for index in range(warmup + steps):
@@ -369,7 +469,7 @@ def _reset_peak_rss() -> None:
         handle.write("5")
 
 
-def memory_child(config: str, name: str, bf16: bool) -> None:
+def memory_child(config: str, name: str, bf16: bool, compiled: bool) -> None:
     """In a fresh process: the peak memory of MEMORY_STEPS training steps of one model.
 
     CPU: the child's own peak RSS (VmHWM, reset just before the model is built: ru_maxrss would
@@ -384,7 +484,7 @@ def memory_child(config: str, name: str, bf16: bool) -> None:
     else:
         _reset_peak_rss()
         baseline = _status_mb("VmRSS")
-    runner = build_runner(name, settings, batch, device, bf16)
+    runner = build_runner(name, settings, batch, device, bf16, compiled)
     for _ in range(MEMORY_STEPS):
         runner.time("train")
     if device.type == "cuda":
@@ -394,8 +494,9 @@ def memory_child(config: str, name: str, bf16: bool) -> None:
     print(json.dumps({"peak_mb": round(peak - baseline, 1)}))
 
 
-def peak_memory(config: str, name: str, bf16: bool) -> float | None:
+def peak_memory(config: str, name: str, bf16: bool, compiled: bool) -> float | None:
     command = [sys.executable, __file__, "--memory-child", config, name] + ["--bf16"] * bf16
+    command += ["--compile"] * compiled
     command += ["--threads", str(torch.get_num_threads())]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode:
@@ -422,14 +523,17 @@ def _cell(value: float | None, form: str) -> str:
     return "n/a" if value is None else format(value, form)
 
 
-def print_table(settings: Settings, rows: dict[str, dict]) -> None:
+def print_table(settings: Settings, rows: dict[str, dict], peak: dict) -> None:
     print(
         f"\n### {settings.name}: B {settings.batch} x S {settings.cells} cells, "
         f"{settings.genes} genes, {settings.embedding}-d embedding, K {settings.k}, "
         f"{settings.slots} response slots\n"
     )
-    print("| model | step s | x arc-state | x our STATE | peak MB | cells/s | params |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| model | step s | x arc-state | x our STATE | peak MB | cells/s | params "
+        "| GFLOP/step | GFLOP/s | of peak |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, row in rows.items():
         cells = (
             _cell(row["step_s"], ".3f"),
@@ -438,13 +542,26 @@ def print_table(settings: Settings, rows: dict[str, dict]) -> None:
             _cell(row["peak_mb"], ".0f"),
             _cell(row["cells_per_s"], ",.0f"),
             f"{row['params']['whole']:,}",
+            _cell(row["flops_per_step"] / 1e9, ",.2f"),
+            _cell(row["flop_per_s"] / 1e9, ",.1f"),
+            _cell(row["of_peak"], ".1%"),
         )
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print(
+        f"\npeak: {peak['size']} x {peak['size']} {peak['dtype']} matmul, "
+        f"{peak['flop_per_s'] / 1e9:,.1f} GFLOP/s (median of the same round robin)"
+    )
 
 
 def target_lines(rows: dict[str, dict]) -> dict[str, dict]:
     """Each target, measured, and met / missed (by how much)."""
     report = {}
+    if "state" in rows:
+        value = rows["state"]["of_peak"]
+        verdict = "met" if value >= PEAK_TARGET else f"MISSED ({value / PEAK_TARGET:.0%} of it)"
+        label = "our STATE step's FLOP/s / the peak matmul's"
+        print(f"target {label} >= {PEAK_TARGET}: {value:.3f} -> {verdict}")
+        report[label] = {"at_least": PEAK_TARGET, "value": value, "verdict": verdict}
     for label, numerator, denominator, limit, column in TARGETS:
         value = _ratio(rows, numerator, denominator, column)
         if value is None:
@@ -459,6 +576,8 @@ def target_lines(rows: dict[str, dict]) -> dict[str, dict]:
 
 
 def print_parameters(rows: dict[str, dict]) -> None:
+    if "state" not in rows:
+        return
     ours = rows["state"]["params"]
     print(f"\nparameters: our STATE {ours['whole']:,} (transformer {ours['backbone']:,})", end="")
     if PEER in rows:
@@ -472,7 +591,7 @@ def print_parameters(rows: dict[str, dict]) -> None:
     print()
 
 
-def append_result(settings: Settings, rows: dict, targets: dict, args, device) -> None:
+def append_result(settings: Settings, rows: dict, peak: dict, targets: dict, args, device) -> None:
     record = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": settings.name,
@@ -486,11 +605,13 @@ def append_result(settings: Settings, rows: dict, targets: dict, args, device) -
         "steps": args.steps,
         "warmup": args.warmup,
         "bf16": args.bf16,
+        "compile": args.compile,
+        "peak": peak,
         "models": rows,
         "targets": targets,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as handle:
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
@@ -499,28 +620,41 @@ def append_result(settings: Settings, rows: dict, targets: dict, args, device) -
 
 def run_config(name: str, args, device: torch.device, peer: bool) -> None:
     settings = load_settings(name)
-    names = [*OURS, PEER] if peer else list(OURS)
+    names = [model for model in args.models if model != PEER or peer]
     batch = synthetic_batch(settings, device)
-    runners = [build_runner(model, settings, batch, device, args.bf16) for model in names]
-    step = round_robin(runners, "train", args.steps, args.warmup)
+    runners = [
+        build_runner(model, settings, batch, device, args.bf16, args.compile) for model in names
+    ]
+    flops = {runner.name: count_flops(runner) for runner in runners}
+    reference = PeakMatmul(args.peak_size, device, args.bf16)
+    step = round_robin([*runners, reference], "train", args.steps, args.warmup)
     infer = round_robin(runners, "predict", args.steps, args.warmup)
     params = {runner.name: parameter_counts(runner) for runner in runners}
     del runners, batch
+    peak = {
+        "size": args.peak_size,
+        "dtype": "bf16" if args.bf16 else "fp32",
+        "step_s": step[PEAK],
+        "flop_per_s": reference.flop_count / step[PEAK],
+    }
     cells = settings.batch * settings.cells
     rows = {
         model: {
             "step_s": round(step[model], 4),
             "predict_s": round(infer[model], 4),
             "cells_per_s": round(cells / infer[model], 1),
-            "peak_mb": peak_memory(name, model, args.bf16),
+            "peak_mb": peak_memory(name, model, args.bf16, args.compile) if args.memory else None,
             "params": params[model],
+            "flops_per_step": flops[model],
+            "flop_per_s": flops[model] / step[model],
+            "of_peak": flops[model] / step[model] / peak["flop_per_s"],
         }
         for model in names
     }
-    print_table(settings, rows)
+    print_table(settings, rows, peak)
     print_parameters(rows)
     targets = target_lines(rows)
-    append_result(settings, rows, targets, args, device)
+    append_result(settings, rows, peak, targets, args, device)
 
 
 def main() -> None:
@@ -530,6 +664,29 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps first")
     parser.add_argument("--no-peer", action="store_true", help="ours only, without arc-state")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (for CUDA)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile each model (as training.compile)"
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=[*OURS, PEER],
+        choices=[*OURS, PEER],
+        help="the models to time (arc-state only where importable)",
+    )
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        default=4096,
+        help="side of the square matmul that measures the machine's peak FLOP/s",
+    )
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the peak-memory subprocesses (one per model)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON lines appended here")
     parser.add_argument(
         "--threads",
         type=int,
@@ -544,11 +701,11 @@ def main() -> None:
     # As in training (models/training.py): denormals flushed to zero, for every model alike.
     with denormals_flushed():
         if args.memory_child:
-            memory_child(*args.memory_child, args.bf16)
+            memory_child(*args.memory_child, args.bf16, args.compile)
             return
         device = _device()
-        peer = not args.no_peer and peer_available()
-        if not args.no_peer and not peer:
+        peer = not args.no_peer and PEER in args.models and peer_available()
+        if not args.no_peer and PEER in args.models and not peer:
             print("arc-state is not importable: timing ours only (install the `peer` extra)")
         print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
         for name in args.config:

@@ -55,6 +55,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "model": TINY_BACKBONE,
         "variants": TINY_VARIANTS,
         "reporting": {"n_pcs": 10},
+        # MLflow's store costs 10-20 s per session; tests/test_tracking.py covers tracking.
+        "tracking": {"enabled": False},
     }
     (tmp_path / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(overrides))
     monkeypatch.chdir(tmp_path)  # catalog paths are relative to the working directory
@@ -76,6 +78,14 @@ def _record(path: Path) -> ModelRecord:
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def latest(path: Path) -> Path:
+    """The newest version of a versioned artefact (models, reports, plots): Kedro writes
+    ``<path>/<run timestamp>/<name>``."""
+    versions = sorted(path.glob(f"*/{path.name}"))
+    assert versions, f"{path}: no version saved"
+    return versions[-1]
 
 
 VARIANTS = list(TINY_VARIANTS)
@@ -115,36 +125,42 @@ def test_default_kedro_run_on_demo(project: Path) -> None:
     responses = pd.read_parquet(project / "data/05_model_input/perturbation_responses.parquet")
     train = {(line, g) for line, entry in manifest["cell_lines"].items() for g in entry["train"]}
     assert set(zip(responses["cell_line"], responses["perturbation"], strict=True)) == train
-    diagnostics = json.loads((project / "data/08_reporting/retrieval_diagnostics.json").read_text())
+    diagnostics = json.loads(
+        latest(project / "data/08_reporting/retrieval_diagnostics.json").read_text()
+    )
     assert (
         diagnostics["module_precision"]["precision"]
         > diagnostics["module_precision"]["random_expectation"]
     )
     variants = [*VARIANTS, "ptrag_residual"]
     for variant in variants:
-        record = _record(project / f"data/06_models/{variant}/model.pt")
+        record = _record(latest(project / f"data/06_models/{variant}/model.pt"))
         assert record.steps == {"0": 2}
         assert record.provenance["screen_fingerprint"] == manifest["screen_fingerprint"]
-        history = pd.read_parquet(project / f"data/08_reporting/{variant}/loss_history.parquet")
+        history = pd.read_parquet(
+            latest(project / f"data/08_reporting/{variant}/loss_history.parquet")
+        )
         assert list(history["split"]) == ["train", "train", "val"]
         assert (project / f"data/06_models/{variant}/checkpoints/seed_0/last.ckpt").is_file()
         gates = pd.read_parquet(project / f"data/07_model_output/{variant}/gates.parquet")
         assert gates.empty == (variant in ("state", "vanilla_rag"))
-    residual = _record(project / "data/06_models/ptrag_residual/model.pt")
+    residual = _record(latest(project / "data/06_models/ptrag_residual/model.pt"))
     assert residual.config.retrieval_form == "residual"
-    comparison = pd.read_csv(project / "data/08_reporting/comparison.csv")
+    comparison = pd.read_csv(latest(project / "data/08_reporting/comparison.csv"))
     assert list(dict.fromkeys(comparison["method"])) == [*variants, *BASELINES]
     assert len(comparison) == len(variants + BASELINES) * N_METRICS
     assert not comparison[["mean", "sd", "median"]].isna().any().any()
     assert "pearson_delta_context" in set(comparison["metric"])
-    paired = pd.read_csv(project / "data/08_reporting/paired_tests.csv")
+    paired = pd.read_csv(latest(project / "data/08_reporting/paired_tests.csv"))
     assert set(paired["method"]) == set(variants)
     assert set(paired.loc[paired["role"] == "reference", "comparator"]) == {"state"}
-    report = (project / "data/08_reporting/comparison.md").read_text()
+    report = latest(project / "data/08_reporting/comparison.md").read_text()
     assert "| ptrag_residual |" in report and "w1 ↓" in report and "## Paired tests" in report
     for plot in ("comparison_metrics.png", "w1_vs_reference.png", "loss_curves.png", "gates.png"):
-        assert (project / "data/08_reporting" / plot).stat().st_size > 10_000, plot
-    bars = json.loads((project / "data/08_reporting/comparison_metrics.json").read_text())["data"]
+        assert latest(project / "data/08_reporting" / plot).stat().st_size > 10_000, plot
+    bars = json.loads(latest(project / "data/08_reporting/comparison_metrics.json").read_text())[
+        "data"
+    ]
     assert [bar["name"] for bar in bars] == list(dict.fromkeys(comparison["metric"]))
     assert all(bar["x"] == [*variants, *BASELINES] for bar in bars)
     predictions = ad.read_h5ad(project / "data/07_model_output/ptrag/predictions.h5ad")
@@ -193,9 +209,10 @@ def test_registered_training_pipelines_run(project: Path) -> None:
     _run(project, "demo")
     _run(project, "analysis", {"heldout_cell_line": "rpe1"})
     for variant in VARIANTS:
-        before = (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns
+        before = latest(project / f"data/06_models/{variant}/model.pt")
         _run(project, f"train_{variant}")
-        assert (project / f"data/06_models/{variant}/model.pt").stat().st_mtime_ns > before
+        after = latest(project / f"data/06_models/{variant}/model.pt")
+        assert after.parent.name > before.parent.name and before.is_file()  # a new version
 
 
 def test_a_fresh_clone_trains_ptrag_with_one_command_first(project: Path) -> None:
@@ -213,7 +230,7 @@ def test_a_fresh_clone_trains_ptrag_with_one_command_first(project: Path) -> Non
     assert not [path for path in (project / "data").rglob(".*") if path.name != ".gitkeep"]
     _kedro_cli(project, "--pipelines=prepare")
     _kedro_cli(project, "--pipelines=train_ptrag")
-    record = _record(project / "data/06_models/ptrag/model.pt")
+    record = _record(latest(project / "data/06_models/ptrag/model.pt"))
     assert record.config.retrieval == "ptrag"
 
 
@@ -431,18 +448,18 @@ def test_cross_validate_runs_every_fold_of_an_unseen_gene_split(project: Path) -
         held = {g for e in manifest["cell_lines"].values() for g in (*e["val"], *e["test"])}
         train = {g for e in manifest["cell_lines"].values() for g in e["train"]}
         assert held and not held & train
-        assert (folder / "08_reporting/ptrag/metrics.csv").is_file()
+        assert latest(folder / "08_reporting/ptrag/metrics.csv").is_file()
     assert not (project / "data/03_primary/screen.h5ad").exists()  # only the folds' folders
-    pooled = pd.read_csv(project / "data/08_reporting/cross_validation/comparison.csv")
+    pooled = pd.read_csv(latest(project / "data/08_reporting/cross_validation/comparison.csv"))
     assert set(pooled["fold"]) == {"pooled", "k562_s0", "hepg2_s1"}
     sizes = pooled.groupby("fold")["n_conditions"].max()
     assert sizes["pooled"] == sizes["k562_s0"] + sizes["hepg2_s1"]
-    paired = pd.read_csv(project / "data/08_reporting/cross_validation/paired_tests.csv")
+    paired = pd.read_csv(latest(project / "data/08_reporting/cross_validation/paired_tests.csv"))
     # every condition pooled; a metric undefined on some (de_overlap_fdr where the real test
     # finds no DE gene) has fewer
     assert (paired.loc[paired["metric"] == "w1", "n_conditions"] == sizes["pooled"]).all()
     assert (paired["n_conditions"] <= sizes["pooled"]).all()
-    report = (project / "data/08_reporting/cross_validation/report.md").read_text()
+    report = latest(project / "data/08_reporting/cross_validation/report.md").read_text()
     assert "k562 (split seed 0), hepg2 (split seed 1)" in report
     failed = _kedro_cli(project, "--folds=nope", check=False, command="cross-validate")
     assert failed.returncode == 1

@@ -36,7 +36,10 @@ def site(tmp_path_factory: pytest.TempPathFactory, _tiny_screen: ad.AnnData) -> 
     screen = project / "data" / "03_primary" / "screen.h5ad"
     screen.parent.mkdir(parents=True)
     _tiny_screen.write_h5ad(screen)
-    comparison = project / "data" / "08_reporting" / "comparison.csv"
+    # `comparison` is versioned: <filepath>/<run timestamp>/<name>
+    comparison = (
+        project / "data/08_reporting/comparison.csv/2026-01-01T00.00.00.000Z/comparison.csv"
+    )
     comparison.parent.mkdir(parents=True)
     _comparison().to_csv(comparison, index=False)
     kedro = Path(sys.executable).with_name("kedro")

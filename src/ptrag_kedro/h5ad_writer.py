@@ -6,6 +6,10 @@ interpreter exit crashes the process (status 139). With the raw-data chunk cache
 write fails at the write itself, the file closes, and the error reaches the caller as one
 ``OSError``; the write speed is the same for the whole blocks written here.
 
+Every h5ad file the project writes goes through :func:`write_anndata` (an in-memory AnnData: the
+predictions, the demo's small files, a staged screen's obs/var/uns) and, for a screen larger
+than memory, :func:`write_h5ad_in_blocks`.
+
 An h5ad file written block by block (obs, var and uns first, then X appended a block of rows at
 a time) keeps a screen larger than memory from ever being whole. Ingestion's staged screen and
 the simulator's streamed screen both write their X through it.
@@ -48,6 +52,45 @@ def open_for_writing(path: str | PathLike, mode: str = "w") -> Iterator[h5py.Fil
         raise OSError(code, os.strerror(code)) from error
 
 
+def write_anndata(
+    path: str | PathLike,
+    adata: ad.AnnData,
+    *,
+    convert_strings_to_categoricals: bool = True,
+    **dataset_kwargs: Any,
+) -> None:
+    """``adata.write_h5ad(path, ...)`` through :func:`open_for_writing`: the same layout as
+    anndata's writer (its top-level function, element by element), without the chunk cache.
+
+    ``dataset_kwargs`` (``compression``, ``compression_opts``...) apply to every array, as in
+    ``write_h5ad``. A backed AnnData is written by anndata itself: its X is read from its own
+    file while it is copied, which only anndata's writer handles.
+    """
+    if adata.isbacked:
+        adata.write_h5ad(
+            path,
+            convert_strings_to_categoricals=convert_strings_to_categoricals,
+            **dataset_kwargs,
+        )
+        return
+    if convert_strings_to_categoricals:
+        adata.strings_to_categoricals()
+        if adata.raw is not None:
+            adata.strings_to_categoricals(adata.raw.var)
+    options = {key: value for key, value in dataset_kwargs.items() if value is not None}
+    with open_for_writing(path, "w") as handle:
+        handle.attrs["encoding-type"] = "anndata"
+        handle.attrs["encoding-version"] = "0.1.0"
+        if adata.X is not None:
+            write_elem(handle, "X", adata.X, dataset_kwargs=options)
+        if adata.raw is not None:  # written only when present: an empty raw group breaks reads
+            write_elem(handle, "raw", adata.raw, dataset_kwargs=options)
+        write_elem(handle, "obs", adata.obs, dataset_kwargs=options)
+        write_elem(handle, "var", adata.var, dataset_kwargs=options)
+        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            write_elem(handle, key, dict(getattr(adata, key)), dataset_kwargs=options)
+
+
 def write_h5ad_in_blocks(
     path: str | PathLike,
     skeleton: ad.AnnData,
@@ -62,7 +105,7 @@ def write_h5ad_in_blocks(
     whose rows of X do not match ``skeleton``'s cells.
     """
     options = {key: value for key, value in (dataset_kwargs or {}).items() if value is not None}
-    skeleton.write_h5ad(path, **options)  # small (obs, var, uns): checked against free space
+    write_anndata(path, skeleton, **options)  # small (obs, var, uns): checked against free space
     n_obs = skeleton.n_obs
     # A 32-bit indptr cannot count past 2**31 stored values, and anndata refuses to append
     # beyond it: a screen that could hold that many gets a 64-bit one from the first block.

@@ -7,7 +7,9 @@ an error too (a misspelt option must not be silently ignored).
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -15,6 +17,8 @@ from ptrag_kedro.errors import ParameterError
 from ptrag_kedro.models.config import ModelConfig, check_model_options
 
 __all__ = ["ParameterError"]  # re-exported: the error every check here raises
+
+logger = logging.getLogger(__name__)
 
 
 def _set(instance: Any, name: str, value: Any) -> None:
@@ -24,6 +28,10 @@ def _set(instance: Any, name: str, value: Any) -> None:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ParameterError(message)
+
+
+def _positive_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _require_integer(name: str, value: Any, minimum: int) -> None:
@@ -80,7 +88,14 @@ class TrainingParameters:
     #: data-loader processes that draw the next batches while the model trains (0: drawn in
     #: the training process); worth 2-4 on a GPU when the screen is read from disk
     loader_workers: int = 0
+    #: where training reads the screen's X: auto holds it in memory when its stored size is at
+    #: most half the available memory, else reads rows from the file (through a row cache
+    #: beside it); true or false force either
+    in_memory: bool | Literal["auto"] = "auto"
+    #: Lightning's bar, shown when the output is a terminal; elsewhere (a log file, SLURM, CI)
+    #: training logs a line every ``log_every_n_steps`` steps instead
     progress_bar: bool = True
+    log_every_n_steps: int = 100
 
     def __post_init__(self) -> None:
         seeds = self.seeds if isinstance(self.seeds, list | tuple) else [self.seeds]
@@ -97,9 +112,14 @@ class TrainingParameters:
             "cell_set_size",
             "val_every_n_steps",
             "checkpoint_every_n_steps",
+            "log_every_n_steps",
         ):
             _require_integer(f"training.{name}", getattr(self, name), 1)
         _require_integer("training.loader_workers", self.loader_workers, 0)
+        _require(
+            isinstance(self.in_memory, bool) or self.in_memory == "auto",
+            f"training.in_memory must be auto, true or false, got {self.in_memory!r}",
+        )
         _require(
             isinstance(self.learning_rate, int | float)
             and not isinstance(self.learning_rate, bool)
@@ -178,8 +198,10 @@ class VariantParameters:
     Args:
         model: :class:`~ptrag_kedro.models.ModelConfig` fields that differ from ``model``
             (``retrieval`` at least).
-        candidates_k: GenePT candidates per sentence for ``vanilla`` / ``ptrag``: at most
-            ``retrieval_index.k``, or ``auto`` for every candidate ``retrieval_candidates`` lists.
+        candidates_k: GenePT candidates per sentence for ``vanilla`` / ``ptrag``: an integer
+            (at most the number ``retrieval_candidates`` lists per perturbation, its
+            ``retrieval_index.k``), ``auto`` for every listed candidate, or ``{at_most: N}`` for
+            every listed candidate up to N (a small screen lists fewer: it takes those).
         response_neighbours: neighbours per neighbour kind in the ``response`` block's slots.
         response_kinds: the kinds of slot the ``response`` block is given (default: all of
             same_gene_other_line, neighbour_same_line, neighbour_other_lines, context).
@@ -187,7 +209,7 @@ class VariantParameters:
     """
 
     model: dict[str, Any] = field(default_factory=dict)
-    candidates_k: int | Literal["auto"] = 0
+    candidates_k: int | Literal["auto"] | dict[str, int] = 0
     response_neighbours: int = 0
     response_kinds: tuple[str, ...] = ()
     label: str = ""
@@ -197,11 +219,15 @@ class VariantParameters:
         check_model_options(self.model, "model")
         retrieval = self.model.get("retrieval", "none")
         if retrieval in ("vanilla", "ptrag"):
+            value = self.candidates_k
+            capped = isinstance(value, dict) and set(value) == {"at_most"}
             _require(
-                self.candidates_k == "auto"
-                or (isinstance(self.candidates_k, int) and self.candidates_k >= 1),
-                f"retrieval '{retrieval}' needs candidates_k >= 1 or auto, not "
-                f"{self.candidates_k!r}",
+                value == "auto"
+                or _positive_integer(value)
+                or capped
+                and _positive_integer(value["at_most"]),
+                f"retrieval '{retrieval}' needs candidates_k >= 1 or auto or {{at_most: N}} "
+                f"(an integer N >= 1), not {value!r}",
             )
         if retrieval == "response":
             _require(
@@ -237,11 +263,23 @@ class VariantParameters:
             return 0
         if self.candidates_k == "auto":
             return listed
+        if isinstance(self.candidates_k, dict):
+            cap = int(self.candidates_k["at_most"])
+            if listed < cap:
+                logger.info(
+                    "candidates_k: {at_most: %d}, and retrieval_candidates lists %d per "
+                    "perturbation: %d candidates per sentence",
+                    cap,
+                    listed,
+                    listed,
+                )
+            return min(cap, listed)
         _require(
             self.candidates_k <= listed,
             f"candidates_k = {self.candidates_k}, but retrieval_candidates lists {listed} per "
-            "perturbation (parameter retrieval_index.k): lower candidates_k (or set it to auto), "
-            "or raise retrieval_index.k and run `kedro run --pipelines=retrieval_index`",
+            "perturbation (parameter retrieval_index.k): lower candidates_k (or set it to "
+            "{at_most: N}), or raise retrieval_index.k and run `kedro run "
+            "--pipelines=retrieval_index`",
         )
         return int(self.candidates_k)
 
@@ -271,7 +309,8 @@ class ReportingParameters:
     ridge_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)
     #: neighbour_mean: the neighbour counts k it chooses from on the val groups
     neighbour_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    reference_variant: str = "state"
+    #: the paired tests' reference: a variant of the run (``run_variants``); None: the first
+    reference_variant: str | None = None
     #: family-wise level of the paired tests (Holm-corrected across the table)
     significance: float = 0.05
     #: hierarchical bootstrap resamples (p-values resolve to 1 / (resamples + 1))
@@ -318,6 +357,25 @@ class ReportingParameters:
             self.relative_margin > 0 and self.absolute_margin > 0,
             "reporting.relative_margin and reporting.absolute_margin must be > 0",
         )
+        _require(
+            self.reference_variant is None
+            or isinstance(self.reference_variant, str)
+            and bool(self.reference_variant),
+            f"reporting.reference_variant must be a variant's name or null, got "
+            f"{self.reference_variant!r}",
+        )
+
+    def reference(self, variants: Sequence[str]) -> str:
+        """The reference among the run's ``variants`` (in run order): ``reference_variant``, or
+        the first variant when it is not set."""
+        names = list(variants)
+        reference = self.reference_variant or (names[0] if names else "")
+        _require(
+            reference in names,
+            f"reporting.reference_variant must be one of run_variants ({', '.join(names)}), "
+            f"got {reference!r}",
+        )
+        return reference
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,15 @@ from ptrag_kedro.pipelines import (
 )
 from ptrag_kedro.variants import fold_names, variant_names
 
+#: Stages grouped under a namespace of their own name, so kedro-viz can collapse them.
+STAGES = ("demo", "download", "ingestion", "genept", "retrieval_index")
+
+
+def _stage(name: str, stage: Pipeline) -> Pipeline:
+    """``stage``'s nodes as ``<name>.<node>``, tagged ``name``; its datasets and parameters keep
+    their names (the catalog contract), as only the nodes are grouped."""
+    return Pipeline(stage, namespace=name, prefix_datasets_with_namespace=False, tags=[name])
+
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Every pipeline package, ``train_<variant>`` per variant, ``prepare``, ``analysis`` and
@@ -30,11 +39,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     """
     variants = variant_names()
     pipelines = {
-        "demo": demo.create_pipeline(),
-        "download": download.create_pipeline(),
-        "ingestion": ingestion.create_pipeline(),
-        "genept": genept.create_pipeline(),
-        "retrieval_index": retrieval_index.create_pipeline(),
+        **{
+            name: _stage(name, package.create_pipeline())
+            for name, package in zip(
+                STAGES, (demo, download, ingestion, genept, retrieval_index), strict=True
+            )
+        },
         "reporting": reporting.create_pipeline(variants),
         # cell-eval's second opinion on reporting's predictions: in no composite, since it
         # needs the optional `eval` extra.

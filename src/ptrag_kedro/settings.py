@@ -5,6 +5,7 @@ import warnings
 from kedro.config import OmegaConfigLoader
 
 from ptrag_kedro.hooks import VariantRegistryHooks
+from ptrag_kedro.tracking import RunTrackingHooks
 
 # Kedro 1.7's own use of omegaconf 2.4, and Lightning 2.6's of torch's pytree API, warn on every
 # run; there is nothing for a user to do about either.
@@ -13,7 +14,7 @@ warnings.filterwarnings(
 )
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
-HOOKS = (VariantRegistryHooks(),)
+HOOKS = (VariantRegistryHooks(), RunTrackingHooks())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

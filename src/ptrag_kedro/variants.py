@@ -1,4 +1,10 @@
-"""Which model variants a run trains and reports: the keys of the ``variants`` parameter.
+"""Which model variants a run trains and reports: ``run_variants``, or every key of ``variants``.
+
+``variants`` declares every variant (an environment's soft merge can add one, never remove one);
+``run_variants`` picks those a run trains and reports, in its order (an environment or
+``--params="run_variants=ptrag state"`` may name a subset; null: every declared variant). The
+paired tests' ``reporting.reference_variant`` must be one of them; when it is not set (null) it
+is the first (``state`` by default).
 
 Kedro builds pipelines before it hands parameters to nodes, so the registry asks here. A
 project hook (``hooks.py``) passes the run's merged parameters (environment and ``--params``
@@ -9,6 +15,7 @@ list``, a bare import) the names are read from the project's configuration (``co
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -16,9 +23,10 @@ from typing import Any
 
 from ptrag_kedro.errors import UserError
 
+logger = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 #: Namespaces the reporting pipeline uses itself.
-RESERVED = {"baselines", "reporting", "training"}
+RESERVED = {"baselines", "reporting", "training", "run_metadata"}
 
 #: (variant names, fold names) of the run, and those the pipelines were last built with
 _from_run: tuple[tuple[str, ...], tuple[str, ...]] | None = None
@@ -29,8 +37,9 @@ class VariantError(UserError, ValueError):
     """The ``variants`` parameter cannot name the run's variants; the message says why."""
 
 
-def names_from_parameters(parameters: dict[str, Any]) -> tuple[str, ...]:
-    """Variant names (in the parameters' order), checked to be usable as dataset namespaces."""
+def declared_names(parameters: dict[str, Any]) -> tuple[str, ...]:
+    """Every key of ``variants`` (in the parameters' order), checked to be usable as dataset
+    namespaces."""
     variants = parameters.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise VariantError(
@@ -44,6 +53,29 @@ def names_from_parameters(parameters: dict[str, Any]) -> tuple[str, ...]:
                 f"parameters: variant name '{name}' must be letters, digits and underscores, "
                 f"start with a letter, and not be one of {sorted(RESERVED)}"
             )
+    return names
+
+
+def names_from_parameters(parameters: dict[str, Any]) -> tuple[str, ...]:
+    """The run's variants: ``run_variants`` (a list, or one string of names separated by
+    spaces, as ``--params`` can pass several), or every declared variant when it is null."""
+    declared = declared_names(parameters)
+    chosen = parameters.get("run_variants")
+    if chosen is None:
+        return declared
+    names = tuple(chosen.split()) if isinstance(chosen, str) else chosen
+    if not isinstance(names, list | tuple) or not names:
+        raise VariantError(
+            "run_variants must be a non-empty list of variants (or null: all of them), got "
+            f"{chosen!r}"
+        )
+    names = tuple(str(name) for name in names)
+    unknown = [name for name in names if name not in declared]
+    if unknown or len(set(names)) < len(names):
+        raise VariantError(
+            f"run_variants must be distinct keys of variants ({', '.join(declared)}), got "
+            f"{list(names)}"
+        )
     return names
 
 
@@ -75,14 +107,23 @@ def _names(parameters: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]
     return names_from_parameters(parameters), fold_names_from_parameters(parameters)
 
 
-def check_reference(parameters: dict[str, Any], names: tuple[str, ...]) -> None:
-    """The paired tests' reference must be a variant of the run (checked before any node)."""
-    reference = (parameters.get("reporting") or {}).get("reference_variant", "state")
+def check_reference(parameters: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The paired tests' reference, checked to be a variant of the run before any node runs:
+    ``reporting.reference_variant``, or the run's first variant when it is null (logged)."""
+    reference = (parameters.get("reporting") or {}).get("reference_variant")
+    if reference is None:
+        logger.info(
+            "reporting.reference_variant is not set: the paired tests compare against %s, the "
+            "first of run_variants",
+            names[0],
+        )
+        return names[0]
     if reference not in names:
         raise VariantError(
-            f"reporting.reference_variant must be a variant of this run ({', '.join(names)}), "
+            f"reporting.reference_variant must be one of run_variants ({', '.join(names)}), "
             f"got {reference!r}"
         )
+    return str(reference)
 
 
 def use_run_parameters(parameters: dict[str, Any]) -> bool:

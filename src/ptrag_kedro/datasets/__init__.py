@@ -1,5 +1,6 @@
-"""Custom Kedro datasets: h5ad, JSON, parquet, CSV (atomic), gene-embedding files, faiss indexes,
-torch models, checkpoint folders and the text model."""
+"""Custom Kedro datasets: h5ad, JSON, parquet, CSV, gene-embedding files, faiss indexes, torch
+models, checkpoint folders and the text model; versioned and on any fsspec filesystem like
+kedro-datasets', with atomic local saves."""
 
 from ptrag_kedro.datasets.anndata_dataset import AnnDataDataset
 from ptrag_kedro.datasets.checkpoint_dataset import CheckpointDirectory, CheckpointDirectoryDataset

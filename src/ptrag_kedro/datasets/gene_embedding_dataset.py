@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from kedro.io import Version
 
-from ptrag_kedro.datasets._files import LocalFileDataset
+from ptrag_kedro.datasets._files import FileDataset
 from ptrag_kedro.errors import DatasetFileError, one_line
 
 _PICKLE_SUFFIXES = (".pickle", ".pkl")
@@ -24,7 +25,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
     ``find_class`` outright means a malicious pickle cannot run code or import anything.
     """
 
-    def __init__(self, file: Any, source: Path) -> None:
+    def __init__(self, file: Any, source: str) -> None:
         super().__init__(file)
         self._source = source
 
@@ -35,7 +36,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         )
 
 
-def _suffix(path: Path) -> str:
+def _suffix(path: PurePosixPath) -> str:
     name = path.name.lower()
     for suffix in (*_PICKLE_SUFFIXES, *_CSV_SUFFIXES, *_PARQUET_SUFFIXES):
         if name.endswith(suffix):
@@ -45,7 +46,7 @@ def _suffix(path: Path) -> str:
     )
 
 
-def _frame_from_mapping(mapping: Any, path: Path) -> pd.DataFrame:
+def _frame_from_mapping(mapping: Any, path: str) -> pd.DataFrame:
     if not isinstance(mapping, dict) or not mapping:
         raise DatasetFileError(f"{path}: expected a non-empty dict of gene symbol -> vector")
     symbols = list(mapping)
@@ -63,7 +64,7 @@ def _frame_from_mapping(mapping: Any, path: Path) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(symbols, name="symbol"))
 
 
-class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
+class GeneEmbeddingDataset(FileDataset[pd.DataFrame, pd.DataFrame]):
     """Gene symbol -> vector table; the format follows the file extension.
 
     Loads to a float32 ``DataFrame`` indexed by symbol (one column per dimension).
@@ -73,18 +74,22 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
     refuses saves outside that folder (a user's file is never overwritten); ``optional`` loads a
     missing file as an empty table (a source the run may not use) marked ``attrs["absent"]``,
     whose ``attrs["source_file"]`` still names the file, so a node that needs it can say which
-    path was not there.
+    path was not there. Versioned and fsspec paths as in
+    :class:`~ptrag_kedro.datasets._files.FileDataset`.
     """
 
     file_kind = "gene-embedding file"
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (kedro-datasets' arguments, plus ours)
         self,
         *,
         filepath: str,
         write_only_under: str | None = None,
         optional: bool = False,
         produced_by: str | None = None,
+        version: Version | None = None,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
@@ -92,6 +97,9 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
             optional=optional,
             write_only_under=write_only_under,
             produced_by=produced_by,
+            version=version,
+            credentials=credentials,
+            fs_args=fs_args,
             metadata=metadata,
         )
         self._suffix = _suffix(self._filepath)
@@ -99,31 +107,34 @@ class GeneEmbeddingDataset(LocalFileDataset[pd.DataFrame, pd.DataFrame]):
     def load(self) -> pd.DataFrame:
         if self._absent():
             absent = pd.DataFrame(index=pd.Index([], name="symbol", dtype=str), dtype=np.float32)
-            absent.attrs.update(source_file=str(self._filepath), absent=True)
+            absent.attrs.update(source_file=self._shown(), absent=True)
             return absent
-        self._require_file()
+        path = self._load_path()
+        shown = self._shown(path)
         try:
-            if self._suffix in _PICKLE_SUFFIXES:
-                with self._filepath.open("rb") as handle:
-                    mapping = _PlainDataUnpickler(handle, self._filepath).load()
-                frame = _frame_from_mapping(mapping, self._filepath)
-            elif self._suffix in _CSV_SUFFIXES:
-                frame = pd.read_csv(self._filepath, index_col=0)
-            else:
-                frame = pd.read_parquet(self._filepath)
-                if not pd.api.types.is_string_dtype(frame.index):
-                    frame = frame.set_index(frame.columns[0])
-            frame = frame.astype(np.float32)
+            with self._local_copy(path) as local:
+                frame = self._read(local, shown)
         except (pickle.UnpicklingError, EOFError, ValueError, OSError) as exc:
             reason = one_line(exc, 200)
-            raise DatasetFileError(
-                f"{self._filepath}: unreadable gene-embedding file: {reason}"
-            ) from exc
+            raise DatasetFileError(f"{shown}: unreadable gene-embedding file: {reason}") from exc
         frame.index = frame.index.astype(str)
         frame.index.name = "symbol"
         frame.columns = range(frame.shape[1])
-        frame.attrs["source_file"] = str(self._filepath)
+        frame.attrs["source_file"] = shown
         return frame
+
+    def _read(self, local: Path, shown: str) -> pd.DataFrame:
+        if self._suffix in _PICKLE_SUFFIXES:
+            with local.open("rb") as handle:
+                mapping = _PlainDataUnpickler(handle, shown).load()
+            frame = _frame_from_mapping(mapping, shown)
+        elif self._suffix in _CSV_SUFFIXES:
+            frame = pd.read_csv(local, index_col=0)
+        else:
+            frame = pd.read_parquet(local)
+            if not pd.api.types.is_string_dtype(frame.index):
+                frame = frame.set_index(frame.columns[0])
+        return frame.astype(np.float32)
 
     def save(self, data: pd.DataFrame) -> None:
         with self._write_target() as tmp_path:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from ptrag_kedro.errors import UserError
 from ptrag_kedro.expression_rows import ExpressionRows, dense
+from ptrag_kedro.h5ad_writer import write_anndata
 from ptrag_kedro.schema import CELL_LINE, CONTROL, PERTURBATION, SPLIT, TEST
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ class LineEvaluation:
         self.real = real_cells(screen, expression, cell_line, settings.control_label)
         check_log1p(self.real.X, f"screen (cell line {cell_line})")
         self.real_path = folder / "real.h5ad"
-        self.real.write_h5ad(self.real_path)
+        write_anndata(self.real_path, self.real)
         # `cell-eval baseline`: every perturbed cell the mean of the group means (cell-eval
         # includes the control group's mean in that average), then the real controls.
         baseline_path = folder / "base_mean.h5ad"
@@ -266,7 +267,7 @@ class LineEvaluation:
     def evaluate(self, predicted: ad.AnnData, name: str) -> Evaluation:
         """cell-eval's metrics of one method's predicted cells (with the real controls)."""
         path = self.folder / f"{name}.h5ad"
-        predicted.write_h5ad(path)
+        write_anndata(path, predicted)
         evaluation, _ = evaluate_files(
             self.real_path, path, self.folder / name, self.settings, self.de_real
         )

@@ -51,6 +51,7 @@ import torch.distributed as dist
 from ptrag_kedro.datasets._files import atomic_write_path
 from ptrag_kedro.errors import UserError, one_line
 from ptrag_kedro.expression_rows import ExpressionRows
+from ptrag_kedro.h5ad_writer import write_anndata
 from ptrag_kedro.models.config import ModelConfig, SentenceSpec
 from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SamplerSource, SentenceSampler
@@ -207,7 +208,7 @@ def write_job(job_dir: Path, job: TrainingJob) -> None:
         screen_path = str(Path(screen.filename).resolve())
     else:  # in memory (a test, a notebook): written here, read back by every rank
         with atomic_write_path(job_dir / SCREEN_FILE) as tmp_path:
-            screen.write_h5ad(tmp_path)
+            write_anndata(tmp_path, screen)
         screen_path = SCREEN_FILE
     description = {
         "format": JOB_FORMAT,
@@ -283,7 +284,8 @@ def read_job(
         for name in ("embeddings", "candidates", "responses")
         if name != "responses" or description["responses"]
     }
-    expression = ExpressionRows.of(screen)
+    training = TrainingParameters(**description["training"])
+    expression = ExpressionRows.of(screen, training.in_memory, row_cache=True)
     sources, samplers = {}, {}
     for role, entry in description["samplers"].items():
         spec = SentenceSpec(**entry["spec"])
@@ -303,7 +305,7 @@ def read_job(
         initial_weights=weights,
         train_source=sources["train"],
         val_source=sources["val"],
-        training=TrainingParameters(**description["training"]),
+        training=training,
         seed=int(description["seed"]),
         checkpoint_dir=description["checkpoint_dir"],
         provenance=description["provenance"],

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ptrag_kedro.expression_rows import ExpressionRows
+from ptrag_kedro.expression_rows import ExpressionRows, InMemory
 from ptrag_kedro.models import _constants as keys
 from ptrag_kedro.models.config import SentenceSpec
 from ptrag_kedro.models.response_bank import ResponseBank, ResponseSlots, slot_features
@@ -74,7 +74,7 @@ class SentenceSampler:
             (an embedding that encodes it, or a response slot of kind ``oracle``). Never for
             results; it measures whether a retrieval block can find an informative candidate.
         expression: the screen's X read by rows (shared by the samplers of one screen); by
-            default ``ExpressionRows.of(screen)``: in memory when small, else read from the file.
+            default ``ExpressionRows.of(screen)``: in memory when it fits, else read from the file.
     """
 
     def __init__(
@@ -102,6 +102,10 @@ class SentenceSampler:
         perturbation = _labels(obs[PERTURBATION])
         self.cell_batch = _labels(obs[BATCH])
         self.batch_codes = {value: code for code, value in enumerate(sorted(set(self.cell_batch)))}
+        # Each cell's batch code, looked up per batch by array indexing (not a loop over cells).
+        self.cell_batch_code = pd.Categorical(
+            self.cell_batch, categories=list(self.batch_codes)
+        ).codes
         is_control = perturbation == control_label
         self._control_pools(line, is_control)
         self.bank = None
@@ -227,11 +231,12 @@ class SentenceSampler:
             keys.TARGET: torch.as_tensor(
                 self.expression[targets].reshape(*shape, -1), dtype=torch.float32
             ),
-            keys.PERTURBATION: self.embedding_matrix[[group.embedding_row for group in groups]],
+            # a tensor index: torch indexes with a list of ints several times slower
+            keys.PERTURBATION: self.embedding_matrix[
+                torch.as_tensor([group.embedding_row for group in groups])
+            ],
             keys.BATCH_INDEX: torch.as_tensor(
-                np.array([self.batch_codes[value] for value in self.cell_batch[controls]]).reshape(
-                    shape
-                )
+                self.cell_batch_code[controls].astype(np.int64).reshape(shape)
             ),
         }
         if self.spec.candidates_k:
@@ -368,9 +373,12 @@ def samplers_for(
     embeddings: pd.DataFrame,
     candidates: pd.DataFrame,
     responses: pd.DataFrame | None,
+    in_memory: InMemory = "auto",
 ) -> dict[str, SentenceSampler]:
-    """One sentence sampler per split, all reading X through one :class:`ExpressionRows`."""
-    expression = ExpressionRows.of(screen)
+    """One sentence sampler per split, all reading X through one :class:`ExpressionRows`: in
+    memory or from the file as ``in_memory`` decides, an X left in the file through its row
+    cache (sentences are read at every step)."""
+    expression = ExpressionRows.of(screen, in_memory, row_cache=True)
     return {
         split: SentenceSampler(
             screen,
@@ -394,9 +402,11 @@ def checked_samplers(
     embeddings: pd.DataFrame,
     candidates: pd.DataFrame,
     responses: pd.DataFrame,
+    in_memory: InMemory = "auto",
 ) -> tuple[dict[str, str], dict[str, SentenceSampler]]:
     """Refuse stale inputs (candidates and responses only when the sentences read them), then
-    one sentence sampler per split; returns the inputs' provenance and the samplers."""
+    one sentence sampler per split (:func:`samplers_for`); returns the inputs' provenance and
+    the samplers."""
     provenance = check_inputs(
         screen,
         split_manifest,
@@ -405,4 +415,4 @@ def checked_samplers(
         responses if spec.response_neighbours else None,
     )
     inputs = (screen, split_manifest, embeddings, candidates, responses)
-    return provenance, samplers_for(splits, spec, *inputs)
+    return provenance, samplers_for(splits, spec, *inputs, in_memory)

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import pickle
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.environments import TorchElasticEnvironment
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -27,6 +28,7 @@ from ptrag_kedro.errors import one_line
 from ptrag_kedro.models.module import PerturbationModel
 from ptrag_kedro.models.sentences import SentenceSampler
 from ptrag_kedro.parameters import TrainingParameters
+from ptrag_kedro.progress import ProgressLog
 from ptrag_kedro.provenance import StaleArtefactError
 from ptrag_kedro.schema import CHECKPOINT_PROVENANCE_KEY
 
@@ -301,6 +303,78 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, plan, outputs, batch, index)
 
 
+class ProgressLines(Callback):
+    """A log line every ``every`` steps and at the last: step / max_steps, the mean training
+    loss since the previous line, the latest val energy and steps per second.
+
+    For output that is not a terminal (a log file, SLURM, CI), where a progress bar shows
+    nothing until it ends. Reads the metrics the plan logs anyway; the global rank 0 logs.
+    """
+
+    def __init__(self, task: str, every: int) -> None:
+        self.task, self.every = task, every
+        self._progress: ProgressLog | None = None
+        # The losses since the last line, summed where they are (a GPU tensor): read back to
+        # the host only when a line is due, not every step.
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._losses = 0
+        self._val = "none yet"
+
+    def on_train_start(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
+        # A resumed run starts at its checkpoint's step.
+        self._progress = ProgressLog(
+            logger, self.task, trainer.max_steps, "steps", self.every, done=trainer.global_step
+        )
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, plan: L.LightningModule, outputs: Any, batch: Any, index: int
+    ) -> None:
+        if self._progress is None or not trainer.is_global_zero:
+            return
+        self._loss_sum = self._loss_sum + trainer.callback_metrics["train_loss"].detach()
+        self._losses += 1
+        step = trainer.global_step
+        if not self._progress.due(step):
+            self._progress.update(step)
+            return
+        loss = f"{float(self._loss_sum) / self._losses:.4g}"
+        self._progress.update(step, loss=loss, **{"val energy": self._val})
+        self._loss_sum, self._losses = 0.0, 0
+
+    def on_validation_end(self, trainer: L.Trainer, plan: L.LightningModule) -> None:
+        if not trainer.sanity_checking and "val_energy" in trainer.callback_metrics:
+            energy = float(trainer.callback_metrics["val_energy"])
+            self._val = f"{energy:.4g} (step {trainer.global_step})"
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's bar in steps: ``Training`` n / max_steps. Training is step-based
+    (``max_epochs = -1``), which Lightning's own bar shows as ``Epoch 0/-2``."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        # Replaces Lightning's, which names the epoch; the one epoch here is the whole run.
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps)
+        bar.initial = bar.n = trainer.global_step  # a resumed run starts at its step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, plan: L.LightningModule, outputs: Any, batch: Any, index: int
+    ) -> None:
+        step = trainer.global_step
+        if self._should_update(step, trainer.max_steps):
+            self.train_progress_bar.n = step
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, plan))
+
+
+def progress_callback(training: TrainingParameters, task: str, stream: Any = None) -> Callback:
+    """The bar when ``training.progress_bar`` and the bar's stream (stdout) is a terminal;
+    otherwise a log line every ``training.log_every_n_steps`` steps."""
+    stream = sys.stdout if stream is None else stream
+    if training.progress_bar and stream.isatty():
+        return StepProgressBar()
+    return ProgressLines(task, training.log_every_n_steps)
+
+
 @dataclass
 class FitResult:
     """A trained module (the selected weights), its loss history and how it was selected."""
@@ -317,6 +391,7 @@ def _trainer(
     checkpoint_dir: Path,
     callbacks: list[Callback],
     validates: bool = True,
+    task: str = "Training",
 ) -> L.Trainer:
     processes = training.processes_per_node()
     if processes * training.num_nodes > 1 and not TorchElasticEnvironment.detect():
@@ -332,6 +407,7 @@ def _trainer(
         save_last=True,
         save_top_k=-1 if training.keep_all_checkpoints else 0,
     )
+    progress = progress_callback(training, task)
     return L.Trainer(
         max_steps=training.max_steps,
         accelerator=training.accelerator,  # CUDA when present
@@ -347,10 +423,10 @@ def _trainer(
         val_check_interval=training.val_every_n_steps,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
-        callbacks=[*callbacks, checkpoints],
+        callbacks=[*callbacks, checkpoints, progress],
         logger=False,
         enable_model_summary=False,
-        enable_progress_bar=training.progress_bar,
+        enable_progress_bar=isinstance(progress, StepProgressBar),
         default_root_dir=checkpoint_dir,
     )
 
@@ -385,7 +461,11 @@ def fit(
     history, best = LossHistory(), BestOnValidation()
     val_batches = validation_batches(val_sampler, training.batch_size, seed)
     trainer = _trainer(
-        training, checkpoint_dir, [history, best, *callbacks], validates=bool(val_batches)
+        training,
+        checkpoint_dir,
+        [history, best, *callbacks],
+        validates=bool(val_batches),
+        task=f"Training, retrieval {model.config.retrieval} (seed {seed})",
     )
     shard = (trainer.global_rank, trainer.world_size)
     stream = SentenceStream(train_sampler, training.batch_size, seed, shard=shard)

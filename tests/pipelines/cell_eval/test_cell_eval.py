@@ -30,7 +30,7 @@ from ptrag_kedro.pipelines.reporting.baselines import predict_baselines
 from ptrag_kedro.pipelines.reporting.evaluation import evaluate_predictions
 from ptrag_kedro.pipelines.reporting.inference import predict_test_cells
 from tests.conftest import PROJECT_ROOT, TINY_VARIANTS, train_tiny
-from tests.test_run import BASELINES, _run, project  # noqa: F401  (the tiny project fixture)
+from tests.test_run import BASELINES, _run, latest, project  # noqa: F401  (the tiny project fixture)
 
 REPORTING = ReportingParameters(n_pcs=10, bootstrap_resamples=2000)
 #: cell-eval's direction of each metric, written out here (its registry's best_value).
@@ -415,8 +415,8 @@ def test_cell_eval_pipeline_runs_after_reporting(project: Path) -> None:  # noqa
     _needs_cell_eval()
     for name in ("prepare", "training", "reporting", "cell_eval"):
         _run(project, name)
-    results = pd.read_csv(project / "data/08_reporting/cell_eval/results.csv")
-    summary = pd.read_csv(project / "data/08_reporting/cell_eval/summary.csv")
+    results = pd.read_csv(latest(project / "data/08_reporting/cell_eval/results.csv"))
+    summary = pd.read_csv(latest(project / "data/08_reporting/cell_eval/summary.csv"))
     methods = [*TINY_VARIANTS, *BASELINES]
     assert list(dict.fromkeys(summary["method"])) == methods
     assert set(results["method"]) == set(methods)

@@ -564,10 +564,11 @@ def test_comparison_paired_tests_report_and_plots(
         rows = table[(table["level"] == "condition") & (table["metric"] == "w1")]
         return rows.groupby(["cell_line", "perturbation"])["value"].mean()
 
-    others = [name for name in trained if name != REPORTING.reference_variant]
+    reference = REPORTING.reference(list(trained))  # not set: the first variant, state
+    others = [name for name in trained if name != reference]
     assert len(figures[1].axes) == len(others)
     for axis, name in zip(figures[1].axes, others, strict=True):
-        ours, theirs = w1(name), w1(REPORTING.reference_variant)
+        ours, theirs = w1(name), w1(reference)
         np.testing.assert_allclose(
             axis.collections[0].get_offsets(), np.column_stack([theirs, ours.loc[theirs.index]])
         )
@@ -607,6 +608,17 @@ def test_comparison_paired_tests_report_and_plots(
             HEATMAP_CONDITIONS, len(table[["cell_line", "perturbation"]].drop_duplicates())
         )
         np.testing.assert_allclose(image.get_array(), expected.to_numpy())
+        axis = image.axes
+        shown, every = len(expected), len(table[["cell_line", "perturbation"]].drop_duplicates())
+        assert f"{shown} of {every} test conditions" in axis.get_title()
+        slot_kinds = table.groupby("slot")["kind"].first().tolist()
+        tick_labels = [label.get_text() for label in axis.get_xticklabels()]
+        if name == "response_rag":
+            assert tick_labels == slot_kinds  # named by kind, not fractional slot numbers
+        else:
+            assert tick_labels == [str(slot) for slot in range(len(slot_kinds))]
+    colour_bar_labels = [axis.get_ylabel() for axis in figures[3].axes if not axis.images]
+    assert colour_bar_labels.count("gate: mean over the cells") == len(gated)
     for index, figure in enumerate(figures):
         figure.savefig(tmp_path / f"{index}.png")
         assert (tmp_path / f"{index}.png").stat().st_size > 5_000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 from ptrag_kedro.datasets.text_model_dataset import TextModel
 from ptrag_kedro.errors import UserError
 from ptrag_kedro.parameters import GeneptParameters
+from ptrag_kedro.progress import ProgressLog, every_for
 from ptrag_kedro.provenance import fingerprint_frame
 from ptrag_kedro.schema import TEST, TRAIN, VAL
 
@@ -51,6 +53,19 @@ def _check_summaries(gene_summaries: Any) -> None:
         raise GeneEmbeddingError("gene summaries: expected a JSON object of symbol -> summary text")
 
 
+def _encode_logged(text_model: TextModel, texts: list[str], batch_size: int) -> np.ndarray:
+    """``text_model.encode`` in about ten chunks of whole batches, a progress line after each:
+    a log file shows how far a long embedding has come (the model's own bar only shows on a
+    terminal)."""
+    chunk = batch_size * every_for(math.ceil(len(texts) / batch_size))
+    progress = ProgressLog(logger, "Embedding gene summaries", len(texts), "summaries", chunk)
+    parts = []
+    for start in range(0, len(texts), chunk):
+        parts.append(text_model.encode(texts[start : start + chunk], batch_size=batch_size))
+        progress.update(start + len(parts[-1]))
+    return np.concatenate(parts)
+
+
 def embed_gene_summaries(
     gene_summaries: dict[str, str] | None,
     embedding_cache: pd.DataFrame,
@@ -75,8 +90,8 @@ def embed_gene_summaries(
         "Gene summaries: %d of %d to embed with %s", len(missing), len(keys), text_model.name
     )
     if missing:
-        vectors = text_model.encode(
-            [gene_summaries[symbols[index]] for index in missing], batch_size=genept.batch_size
+        vectors = _encode_logged(
+            text_model, [gene_summaries[symbols[index]] for index in missing], genept.batch_size
         )
         fresh = pd.DataFrame(vectors, index=[keys[index] for index in missing])
         fresh.columns = fresh.columns.astype(str)

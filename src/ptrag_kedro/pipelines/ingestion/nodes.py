@@ -206,7 +206,7 @@ def _scan_counts(screen: StagedScreen, source: str) -> tuple[np.ndarray, str]:
     digest of every count (in the same pass: the screen's fingerprint covers the values)."""
     detected = np.zeros(screen.n_obs, dtype=np.int64)
     digest = MatrixDigest()
-    for where, block in screen.blocks():
+    for where, block in screen.blocks(task="filter_cells: checking the counts"):
         digest.add(block)
         if sp.issparse(block):
             _check_counts(block.data, source)
@@ -592,7 +592,8 @@ def _line_statistics(
     categories = screen.obs[CELL_LINE].cat.categories
     line_codes = categories.get_indexer(lines)
     statistics = LineStatistics.zeros(len(categories), len(screen.var), features.hvg_flavor)
-    for where, block in screen.blocks(screen.rows[learn_from]):
+    task = "select_features: per-line gene statistics"
+    for where, block in screen.blocks(screen.rows[learn_from], task):
         statistics.add(log_normalise(block, features.normalize_target_sum), line_codes[where])
     return statistics
 

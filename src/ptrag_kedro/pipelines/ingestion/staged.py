@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -22,7 +24,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ptrag_kedro.h5ad_writer import write_h5ad_in_blocks
+from ptrag_kedro.progress import ProgressLog, every_for
 from ptrag_kedro.schema import PROVENANCE_KEY
+
+logger = logging.getLogger(__name__)
 
 #: A block of rows: CSR when X is sparse, a float or integer array when it is dense.
 Block = sp.csr_matrix | np.ndarray
@@ -108,9 +113,13 @@ class StagedScreen:
     def shape(self) -> tuple[int, int]:
         return self.n_obs, self.n_vars
 
-    def blocks(self, rows: np.ndarray | None = None) -> Iterator[tuple[slice, Block]]:
-        """Raw counts of ``rows`` (default: the kept rows), as :func:`row_blocks` yields them."""
-        return row_blocks(self.counts, self.rows if rows is None else rows, self.block_rows)
+    def blocks(
+        self, rows: np.ndarray | None = None, task: str = "Reading the raw counts"
+    ) -> Iterator[tuple[slice, Block]]:
+        """Raw counts of ``rows`` (default: the kept rows), as :func:`row_blocks` yields them
+        (``task`` names the pass in its progress lines)."""
+        rows = self.rows if rows is None else rows
+        return row_blocks(self.counts, rows, self.block_rows, task)
 
     def x_blocks(self) -> Iterator[Block]:
         """The screen's X, block by block: the features once chosen (log-normalised counts of
@@ -118,7 +127,7 @@ class StagedScreen:
         if self.features is not None:
             yield self.features
             return
-        for _, block in self.blocks():
+        for _, block in self.blocks(task="Writing the screen's X"):
             if self.target_sum is None:
                 yield block
             else:
@@ -159,28 +168,37 @@ class StagedScreen:
         write_h5ad_in_blocks(path, skeleton, self.x_blocks(), self.n_vars, options)
 
 
-def row_blocks(matrix: Any, rows: np.ndarray, block_rows: int) -> Iterator[tuple[slice, Block]]:
+def row_blocks(
+    matrix: Any, rows: np.ndarray, block_rows: int, task: str = "Reading the raw counts"
+) -> Iterator[tuple[slice, Block]]:
     """The raw rows ``rows`` (ascending) of ``matrix``, reading ``block_rows`` raw rows at a time.
 
     Yields ``(where, block)``: ``block`` holds the raw rows ``rows[where]``, in order (CSR for
     any sparse matrix, an array for a dense one). Ranges without a wanted row are not read.
     One reader for every kind of X: an anndata backed CSR dataset, an h5py dataset, or a matrix
     in memory (whose blocks are copies, so callers may change them).
+
+    A matrix of several blocks logs ``task``'s progress, in raw rows, about ten times a pass.
     """
     n_raw = matrix.shape[0]
+    n_blocks = math.ceil(n_raw / block_rows)
+    progress = None
+    if n_blocks > 1:
+        progress = ProgressLog(logger, task, n_raw, "raw rows", block_rows * every_for(n_blocks))
     for start in range(0, n_raw, block_rows):
         stop = min(start + block_rows, n_raw)
         first, last = np.searchsorted(rows, [start, stop])
-        if first == last:
-            continue
-        block = matrix[start:stop]
-        block = sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
-        wanted = rows[first:last] - start
-        if len(wanted) < stop - start:
-            block = block[wanted]
-        elif isinstance(matrix, np.ndarray):
-            block = block.copy()  # a view of an in-memory X: never change the caller's matrix
-        yield slice(first, last), block
+        if first < last:
+            block = matrix[start:stop]
+            block = sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
+            wanted = rows[first:last] - start
+            if len(wanted) < stop - start:
+                block = block[wanted]
+            elif isinstance(matrix, np.ndarray):
+                block = block.copy()  # a view of an in-memory X: never change the caller's X
+            yield slice(first, last), block
+        if progress is not None:
+            progress.update(stop)
 
 
 def log_normalise(block: Block, target_sum: float, genes: np.ndarray | None = None) -> Block:

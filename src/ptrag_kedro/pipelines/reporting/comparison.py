@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ptrag_kedro.errors import ParameterError
 from ptrag_kedro.metrics import metric_registry, paired_test
 from ptrag_kedro.metrics.paired import hierarchical_bootstrap, holm
 from ptrag_kedro.parameters import ReportingParameters
@@ -199,9 +198,10 @@ def paired_tests(
         if len(baselines):
             row = baselines["mean"].idxmax() if higher else baselines["mean"].idxmin()
             best = [(str(baselines.loc[row, "method"]), "best baseline")]
+        reference_variant = reporting.reference(variants)
         for variant in variants:
-            reference = [(reporting.reference_variant, "reference")]
-            comparators = reference * (variant != reporting.reference_variant) + best
+            reference = [(reference_variant, "reference")]
+            comparators = reference * (variant != reference_variant) + best
             for comparator, role in comparators:
                 rows.append(
                     _comparison_row(metrics, variant, comparator, role, metric, higher, reporting)
@@ -222,14 +222,18 @@ def paired_tests(
 
 
 def compare_methods(
-    reporting: ReportingParameters, baselines: pd.DataFrame, **variants: pd.DataFrame
+    reporting: ReportingParameters,
+    baselines: pd.DataFrame,
+    run_metadata: dict[str, Any] | None = None,
+    **variants: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``comparison`` and ``paired_tests`` of the variants (keyword = name) and baselines."""
-    if reporting.reference_variant not in variants:
-        raise ParameterError(
-            f"reporting.reference_variant '{reporting.reference_variant}' is not a variant of "
-            f"this run ({', '.join(variants)})"
-        )
+    """``comparison`` and ``paired_tests`` of the variants (keyword = name) and baselines;
+    ``comparison`` carries the run's metadata (``report.describe_run``) in its last columns
+    when it is given, so the table alone says which run made it."""
+    reporting.reference(list(variants))  # a reference of another run stops before any work
     metrics = collect_metrics(baselines, variants)
     comparison = summarise(metrics, list(variants), reporting)
-    return comparison, paired_tests(metrics, comparison, list(variants), reporting)
+    tests = paired_tests(metrics, comparison, list(variants), reporting)
+    if run_metadata is not None:
+        comparison = comparison.assign(**run_metadata)
+    return comparison, tests

@@ -22,6 +22,7 @@ from ptrag_kedro.models import PerturbationModel
 from ptrag_kedro.models.record import ModelRecord
 from ptrag_kedro.models.sentences import SentenceGroup, SentenceSampler, checked_samplers
 from ptrag_kedro.parameters import ReportingParameters
+from ptrag_kedro.progress import logged
 from ptrag_kedro.schema import (
     CELL_LINE,
     CONTROL_CELL,
@@ -106,11 +107,14 @@ def _predict_one_model(
     draw_seed: int,
     cell_names: np.ndarray,
     embedding_names: np.ndarray,
+    task: str = "Predicting",
 ) -> tuple[list[np.ndarray], list[pd.DataFrame], list[pd.DataFrame]]:
-    """Predicted cells, their obs and the gates of one trained model, condition by condition."""
+    """Predicted cells, their obs and the gates of one trained model, condition by condition
+    (about ten progress lines named ``task``)."""
     device = next(module.parameters()).device
     blocks, obs_rows, gate_rows = [], [], []
-    for index, group in enumerate(sampler.groups):
+    groups = logged(enumerate(sampler.groups), logger, task, len(sampler.groups), "conditions")
+    for index, group in groups:
         batch, controls = sampler.prediction_batch(index, draw_seed)
         generator = _generator(device, draw_seed, seed, group.cell_line, group.perturbation)
         with torch.no_grad():
@@ -162,6 +166,7 @@ def predict_test_cells(
             reporting.seed,
             screen.obs_names.to_numpy(),
             np.asarray(perturbation_embeddings.index),
+            task=f"Predicting {split} cells of {model.config.retrieval} (seed {seed})",
         )
         blocks += seed_blocks
         obs_rows += seed_obs

@@ -19,7 +19,7 @@ from ptrag_kedro.pipelines.reporting.plots import (
     metric_bars,
     reference_scatter,
 )
-from ptrag_kedro.pipelines.reporting.report import write_report
+from ptrag_kedro.pipelines.reporting.report import describe_run, write_report
 from ptrag_kedro.schema import MODEL_INPUTS
 from ptrag_kedro.variants import variant_names
 
@@ -91,11 +91,19 @@ def comparison_reporting(variants: list[str]) -> Pipeline:
 
     return Pipeline(
         [
+            # `run_context` (env, commit, start, MLflow run id) comes from the tracking hook.
+            node(
+                describe_run,
+                inputs=["run_context", "split_manifest", "params:training"],
+                outputs="run_metadata",
+                name="describe_run",
+            ),
             node(
                 compare_methods,
                 inputs={
                     "reporting": "params:reporting",
                     "baselines": "baselines_metrics",
+                    "run_metadata": "run_metadata",
                     **per_variant("metrics"),
                 },
                 outputs=["comparison", "paired_tests"],
@@ -132,6 +140,7 @@ def comparison_reporting(variants: list[str]) -> Pipeline:
                     "split_manifest",
                     "params:training",
                     "params:reporting",
+                    "run_metadata",
                 ],
                 outputs="comparison_report",
                 name="write_report",

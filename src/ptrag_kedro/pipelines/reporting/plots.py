@@ -77,7 +77,7 @@ def _w1_per_condition(metrics: pd.DataFrame) -> pd.Series:
 
 def reference_scatter(reporting: ReportingParameters, **metrics: pd.DataFrame) -> Figure:
     """Per test condition: each variant's W1 against the reference variant's (below: closer)."""
-    reference = reporting.reference_variant
+    reference = reporting.reference(list(metrics))
     others = [name for name in metrics if name != reference]
     figure, axes = new_figure(
         1, max(1, len(others)), figsize=(4.2 * max(1, len(others)), 4.2), squeeze=False
@@ -137,28 +137,39 @@ HEATMAP_CONDITIONS = 8
 
 
 def gate_heatmap(**gates: pd.DataFrame) -> Figure:
-    """Per gated variant: how much each candidate slot was used for a few test conditions."""
+    """Per gated variant: how much each candidate slot was used (the gate's mean over a
+    condition's cells) for the first few test conditions of the first seed; the title says how
+    many of how many, and the x axis names each slot's kind (response retrieval's slots are of
+    several kinds)."""
     gated = {name: table for name, table in gates.items() if not table.empty}
     figure, axes = new_figure(
         max(1, len(gated)), 1, figsize=(9, 1.8 + 2.6 * max(1, len(gated))), squeeze=False
     )
     for axis, (name, table) in zip(axes[:, 0], gated.items(), strict=False):
-        first_seed = table[table["seed"] == table["seed"].min()]
-        conditions = (
-            first_seed[[CELL_LINE, PERTURBATION]].drop_duplicates().head(HEATMAP_CONDITIONS)
-        )
+        seed = table["seed"].min()
+        first_seed = table[table["seed"] == seed]
+        every_condition = first_seed[[CELL_LINE, PERTURBATION]].drop_duplicates()
+        conditions = every_condition.head(HEATMAP_CONDITIONS)
         matrix = first_seed.merge(conditions).pivot_table(
             index=[CELL_LINE, PERTURBATION], columns="slot", values="gate"
         )
         image = axis.imshow(matrix.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         labels = [f"{line}/{perturbation}" for line, perturbation in matrix.index]
         axis.set_yticks(range(len(matrix)), labels, fontsize=7)
-        axis.set(
-            xlabel="candidate slot",
-            title=f"{name}: gate per candidate (mean over cells), overall "
-            f"{float(table['gate'].mean()):.3f}",
+        kinds = first_seed.groupby("slot")["kind"].first().reindex(matrix.columns)
+        if set(kinds) == {"candidate"}:
+            axis.set_xticks(range(len(kinds)), [str(slot) for slot in matrix.columns])
+            axis.set_xlabel("GenePT candidate (rank)")
+        else:
+            axis.set_xticks(range(len(kinds)), list(kinds), rotation=60, ha="right", fontsize=7)
+            axis.set_xlabel("slot kind")
+        axis.set_title(
+            f"{name}: {len(matrix)} of {len(every_condition)} test conditions (seed {seed}); "
+            f"overall mean gate {float(table['gate'].mean()):.3f}",
+            fontsize=9,
         )
-        figure.colorbar(image, ax=axis, fraction=0.03)
+        colour_bar = figure.colorbar(image, ax=axis, fraction=0.03)
+        colour_bar.set_label("gate: mean over the cells")
     if not gated:
         axes[0, 0].axis("off")
         axes[0, 0].text(0.5, 0.5, "no variant with gates", ha="center", va="center")

@@ -27,6 +27,37 @@ def run_lines(
     ]
 
 
+#: What identifies the run that made a comparison, in ``comparison``'s columns and the report.
+RUN_COLUMNS = ["steps", "seeds", "heldout_cell_line", "env", "commit", "date", "run_id"]
+
+
+def describe_run(
+    run_context: dict[str, Any], split_manifest: dict[str, Any], training: TrainingParameters
+) -> dict[str, Any]:
+    """The run's metadata (``RUN_COLUMNS``): training steps and seeds, the held-out line, and
+    the env, commit, start time and MLflow run id that ``ptrag_kedro.tracking`` records at run
+    start (``run_id`` None: tracking was off)."""
+    return {
+        "steps": training.max_steps,
+        "seeds": " ".join(str(seed) for seed in training.seeds),
+        "heldout_cell_line": split_manifest.get("heldout_cell_line") or "every line",
+        "env": run_context["env"],
+        "commit": run_context["commit"],
+        "date": run_context["started"],
+        "run_id": run_context["run_id"],
+    }
+
+
+def run_identity(run_metadata: dict[str, Any]) -> str:
+    """The report's line naming the run: MLflow run, commit, Kedro env and start time."""
+    run_id = run_metadata["run_id"]
+    tracked = f"MLflow run `{run_id}`" if run_id else "not tracked (tracking.enabled: false)"
+    return (
+        f"Run: {tracked}; commit `{run_metadata['commit']}`; Kedro env `{run_metadata['env']}`; "
+        f"started {run_metadata['date']}."
+    )
+
+
 def comparison_table(comparison: pd.DataFrame, registry: dict[str, MetricSpec]) -> list[str]:
     """Methods x metrics, mean ± sd over seeds, with each metric's direction and chance."""
     metrics = [name for name in registry if name in set(comparison["metric"])]
@@ -135,12 +166,15 @@ def write_report(
     split_manifest: dict[str, Any],
     training: TrainingParameters,
     reporting: ReportingParameters,
+    run_metadata: dict[str, Any] | None = None,
 ) -> str:
-    """The markdown report of the comparison."""
+    """The markdown report of the comparison (``run_metadata``: of :func:`describe_run`)."""
     registry = metric_registry(reporting.n_pcs, reporting.de_fdr)
     n_conditions = int(comparison["n_conditions"].max()) if len(comparison) else 0
     lines = ["# ptrag-kedro: test-set comparison", ""]
     lines += [*run_lines(split_manifest, training, n_conditions), ""]
+    if run_metadata is not None:
+        lines += [run_identity(run_metadata), ""]
     lines += [*comparison_table(comparison, registry), ""]
     lines += ["## Paired tests", ""]
     if paired_tests.empty:

@@ -69,6 +69,7 @@ def train_model(
         perturbation_embeddings,
         retrieval_candidates,
         perturbation_responses,
+        training.in_memory,
     )
     logger.info(
         "Training %s: %d train and %d val (line, perturbation) groups, %d genes",
