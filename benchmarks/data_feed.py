@@ -64,7 +64,7 @@ if reader == "memory":  # the constructors and .of() of before the row cache rea
 elif reader == "file":
     expression = ExpressionRows(path=screen.filename)
 else:
-    expression = ExpressionRows.of(screen, in_memory=False, row_cache=True)
+    expression = ExpressionRows.of(screen, in_memory=False, random_rows=True)
     assert expression.cache is not None
 open_s = time.perf_counter() - start
 sampler = SentenceSampler(
@@ -97,7 +97,7 @@ from ptrag_kedro.datasets import AnnDataDataset
 from ptrag_kedro.expression_rows import ExpressionRows
 screen = AnnDataDataset(filepath=sys.argv[1], load_args={"backed": "r"}).load()
 start = time.perf_counter()
-cache = ExpressionRows.of(screen, in_memory=False, row_cache=True).cache
+cache = ExpressionRows.of(screen, in_memory=False, random_rows=True).cache
 print(json.dumps({"cache_write_s": round(time.perf_counter() - start, 1),
                   "cache_file": str(cache.path),
                   "cache_file_mb": round(cache.path.stat().st_size / 2**20)}))

@@ -62,7 +62,7 @@ def test_rows_from_file_equal_rows_in_memory(
 ) -> None:
     in_memory = ExpressionRows.of(prepared_inputs["screen"])
     from_file = ExpressionRows.of(backed_screen, in_memory=False)
-    cached = ExpressionRows.of(backed_screen, in_memory=False, row_cache=True)
+    cached = ExpressionRows.of(backed_screen, in_memory=False, random_rows=True)
     assert from_file.on_disk and from_file.cache is None and not in_memory.on_disk
     assert cached.on_disk and cached.cache is not None
     rows = np.array([17, 3, 3, 900, 0, 17, backed_screen.n_obs - 1])  # unsorted, repeated
@@ -133,7 +133,7 @@ def test_row_cache_is_grouped_keyed_by_the_screen_and_rebuilt_when_stale(
 ) -> None:
     screen = prepared_inputs["screen"]
     backed = _backed(screen, tmp_path / "screen.h5ad", sparse=True)
-    cache = ExpressionRows.of(backed, in_memory=False, row_cache=True).cache
+    cache = ExpressionRows.of(backed, in_memory=False, random_rows=True).cache
     assert _caches(backed) == [cache.path]
     fingerprint = backed.uns[PROVENANCE_KEY]["fingerprint"]
     # Rows grouped by (cell line, perturbation): each group one contiguous region of the file.
@@ -144,7 +144,7 @@ def test_row_cache_is_grouped_keyed_by_the_screen_and_rebuilt_when_stale(
         np.testing.assert_array_equal(positions, np.arange(positions[0], positions[-1] + 1))
     # Found again, not rewritten.
     written = cache.path.stat().st_mtime_ns
-    again = ExpressionRows.of(backed, in_memory=False, row_cache=True).cache
+    again = ExpressionRows.of(backed, in_memory=False, random_rows=True).cache
     assert again.path == cache.path and again.path.stat().st_mtime_ns == written
     # Another file at the screen's path (new values, the same fingerprint recorded): another
     # cache, and the stale one removed.
@@ -153,7 +153,7 @@ def test_row_cache_is_grouped_keyed_by_the_screen_and_rebuilt_when_stale(
     backed.file.close()
     rewritten = _backed(changed, tmp_path / "screen.h5ad", sparse=True)
     assert rewritten.uns[PROVENANCE_KEY]["fingerprint"] == fingerprint
-    fresh = ExpressionRows.of(rewritten, in_memory=False, row_cache=True)
+    fresh = ExpressionRows.of(rewritten, in_memory=False, random_rows=True)
     assert _caches(rewritten) == [fresh.cache.path] and fresh.cache.path != cache.path
     np.testing.assert_array_equal(fresh[np.arange(5)], dense(changed.X[:5]).astype(np.float32))
 
@@ -164,13 +164,13 @@ def test_no_row_cache_without_a_fingerprint_or_room(
     screen = prepared_inputs["screen"].copy()
     del screen.uns[PROVENANCE_KEY]
     unprinted = _backed(screen, tmp_path / "unprinted.h5ad", sparse=True)
-    reader = ExpressionRows.of(unprinted, in_memory=False, row_cache=True)
+    reader = ExpressionRows.of(unprinted, in_memory=False, random_rows=True)
     assert reader.cache is None and not _caches(unprinted)
     backed = _backed(prepared_inputs["screen"], tmp_path / "screen.h5ad", sparse=True)
     monkeypatch.setattr(
         expression_rows.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 10})()
     )
-    reader = ExpressionRows.of(backed, in_memory=False, row_cache=True)
+    reader = ExpressionRows.of(backed, in_memory=False, random_rows=True)
     assert reader.cache is None and not _caches(backed)
     assert "No room for the row cache" in caplog.text
     np.testing.assert_array_equal(reader[np.array([4, 2])], dense(backed.X[[4, 2]]))
@@ -178,7 +178,7 @@ def test_no_row_cache_without_a_fingerprint_or_room(
 
 def test_on_disk_rows_pickle_as_their_paths(backed_screen: ad.AnnData) -> None:
     for row_cache in (False, True):
-        on_disk = ExpressionRows.of(backed_screen, in_memory=False, row_cache=row_cache)
+        on_disk = ExpressionRows.of(backed_screen, in_memory=False, random_rows=row_cache)
         rows = np.array([5, 1, 5])
         before = on_disk[rows]  # opens the file
         payload = pickle.dumps(on_disk)
@@ -216,7 +216,7 @@ def test_sampler_reads_the_same_sentences_from_disk(
         backed_screen,
         *arguments,
         control_label=label,
-        expression=ExpressionRows.of(backed_screen, in_memory=False, row_cache=True),
+        expression=ExpressionRows.of(backed_screen, in_memory=False, random_rows=True),
     )
     expected = in_memory.random_batch(4, np.random.default_rng(7))
     got = on_disk.random_batch(4, np.random.default_rng(7))
@@ -354,3 +354,24 @@ def test_training_reads_x_where_training_in_memory_says(
     train_tiny({**prepared_inputs, "screen": backed}, tmp_path / "ckpt", "state", in_memory=False)
     assert "rows read from the file (in_memory false)" in caplog.text
     assert len(_caches(backed)) == 1
+
+
+def test_training_holds_a_sparse_x_dense_when_it_fits(
+    prepared_inputs: dict[str, Any], monkeypatch
+) -> None:
+    """Rows read at random (training) come from a dense float32 copy of an in-memory CSR when
+    it fits the memory budget, value for value; otherwise the CSR is kept."""
+    screen = prepared_inputs["screen"].copy()
+    screen.X = sp.csr_matrix(screen.X, dtype=np.float64)
+    dense_bytes = screen.n_obs * screen.n_vars * 4
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    _memory_available(monkeypatch, 2 * dense_bytes)
+    monkeypatch.setattr(expression_rows, "BLOCK_ROWS", 7)  # several blocks
+    held = ExpressionRows.of(screen, random_rows=True)
+    assert isinstance(held._matrix, np.ndarray) and held._matrix.dtype == np.float32
+    rows = np.array([5, 0, 5, screen.n_obs - 1, 12])
+    np.testing.assert_array_equal(held[rows], dense(screen.X[rows]).astype(np.float32))
+    np.testing.assert_array_equal(held._matrix, dense(screen.X).astype(np.float32))
+    assert sp.issparse(ExpressionRows.of(screen)._matrix)  # no random reads: as it is
+    _memory_available(monkeypatch, 2 * dense_bytes - 1)
+    assert sp.issparse(ExpressionRows.of(screen, random_rows=True)._matrix)

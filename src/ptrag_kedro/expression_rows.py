@@ -11,14 +11,15 @@ The ``screen`` is loaded backed (its obs in memory, X left in the file). Consume
 
 A reader of the file reads only the rows asked for, so training on a million-cell screen holds
 only the rows of the current batch. Training's samplers ask for the *row cache* as well
-(``row_cache=True``): an X left in the file is then copied once into a dense float32 ``.npy``
+(``random_rows=True``): an X left in the file is then copied once into a dense float32 ``.npy``
 beside the screen, its rows grouped by (cell line, perturbation) so that a sentence's cells lie
 in one region of the file, and read memory-mapped. Rows from it are the rows of the file, value
 for value (float32, as every reader returns them), and a batch of the paper's shape (8,192 rows)
 costs milliseconds where anndata's backed CSR takes a third of a second. The cache's name holds
 the screen's fingerprint and its file's size and modification time, so a cache of another
 screen (or of an earlier file) is never read: it is rebuilt, atomically, and the stale one
-removed. An on-disk reader pickles as its paths and reopens the files in each process (DDP
+removed. A sparse X held in memory for training is held dense when that fits (the same
+budget). An on-disk reader pickles as its paths and reopens the files in each process (DDP
 ranks, data-loader workers), never sending the matrix itself.
 """
 
@@ -116,6 +117,25 @@ def holds_in_memory(screen: ad.AnnData, in_memory: InMemory = "auto") -> bool:
         rule,
     )
     return chosen
+
+
+def _dense_fits(shape: tuple[int, ...]) -> bool:
+    """Whether a dense float32 matrix of this shape takes at most :data:`AUTO_MEMORY_SHARE` of
+    the available memory (divided among a node's DDP ranks)."""
+    available = available_memory()
+    share = AUTO_MEMORY_SHARE / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return available is not None and int(np.prod(shape)) * 4 <= share * available
+
+
+def _dense_float32(matrix: sp.spmatrix | sp.sparray) -> np.ndarray:
+    """A sparse matrix as dense float32, densified a block of rows at a time (never a dense
+    copy in the matrix's own, possibly wider, dtype)."""
+    matrix = sp.csr_matrix(matrix)
+    out = np.empty(matrix.shape, dtype=np.float32)
+    for start in range(0, matrix.shape[0], BLOCK_ROWS):
+        rows = slice(start, min(start + BLOCK_ROWS, matrix.shape[0]))
+        out[rows] = matrix[rows].toarray()
+    return out
 
 
 def group_positions(obs: pd.DataFrame) -> np.ndarray:
@@ -238,17 +258,26 @@ class ExpressionRows:
 
     @classmethod
     def of(
-        cls, screen: ad.AnnData, in_memory: InMemory = "auto", row_cache: bool = False
+        cls, screen: ad.AnnData, in_memory: InMemory = "auto", random_rows: bool = False
     ) -> ExpressionRows:
         """The screen's X: in memory or in its file as ``in_memory`` decides
-        (:func:`holds_in_memory`); in the file and ``row_cache``, read through the row cache."""
+        (:func:`holds_in_memory`).
+
+        ``random_rows``: rows will be read at random, many times (training's sentences). An X
+        left in the file is then read through the row cache, and a sparse X in memory is held
+        as dense float32 when that takes at most :data:`AUTO_MEMORY_SHARE` of the available
+        memory: indexing dense rows costs a fraction of gathering CSR rows and densifying them
+        (about 1.4 ms of a 30 ms demo step), and gives the same values.
+        """
         if holds_in_memory(screen, in_memory):
             matrix = screen.X
             if screen.isbacked:
                 matrix = matrix.to_memory() if hasattr(matrix, "to_memory") else matrix[:]
+            if random_rows and sp.issparse(matrix) and _dense_fits(matrix.shape):
+                matrix = _dense_float32(matrix)
             return cls(matrix=matrix)
         rows = cls(path=screen.filename)
-        if row_cache:
+        if random_rows:
             rows.cache = RowCache.for_screen(screen, rows)
         return rows
 

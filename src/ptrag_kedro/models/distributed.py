@@ -285,7 +285,7 @@ def read_job(
         if name != "responses" or description["responses"]
     }
     training = TrainingParameters(**description["training"])
-    expression = ExpressionRows.of(screen, training.in_memory, row_cache=True)
+    expression = ExpressionRows.of(screen, training.in_memory, random_rows=True)
     sources, samplers = {}, {}
     for role, entry in description["samplers"].items():
         spec = SentenceSpec(**entry["spec"])

@@ -378,7 +378,7 @@ def samplers_for(
     """One sentence sampler per split, all reading X through one :class:`ExpressionRows`: in
     memory or from the file as ``in_memory`` decides, an X left in the file through its row
     cache (sentences are read at every step)."""
-    expression = ExpressionRows.of(screen, in_memory, row_cache=True)
+    expression = ExpressionRows.of(screen, in_memory, random_rows=True)
     return {
         split: SentenceSampler(
             screen,

@@ -426,3 +426,31 @@ def test_training_parameters_name_what_is_wrong(overrides: dict, message: str) -
     TypeError or a Lightning traceback inside the training node."""
     with pytest.raises(ParameterError, match=re.escape(message)):
         TrainingParameters(**overrides)
+
+
+def test_the_history_copied_in_bulk_equals_the_history_copied_every_step(
+    prepared_inputs, tmp_path: Path, monkeypatch
+) -> None:
+    """Steps gathered on the device and copied to the host together give the rows, in order,
+    that copying each step gives; none is lost at a check, a checkpoint or the end."""
+    from ptrag_kedro.models import training
+
+    histories = []
+    for every in (1, 3):
+        monkeypatch.setattr(training.LossHistory, "HOST_COPY_EVERY", every)
+        _, history, _ = train_tiny(
+            prepared_inputs,
+            tmp_path / f"every_{every}",
+            "ptrag",
+            max_steps=7,
+            val_every_n_steps=5,
+            checkpoint_every_n_steps=4,
+        )
+        histories.append(history)
+    each_step, bulk = histories
+    pd.testing.assert_frame_equal(bulk, each_step)
+    train = bulk[bulk["split"] == "train"]
+    assert train["step"].tolist() == list(range(1, 8))
+    assert bulk["split"].tolist() == ["train"] * 5 + ["val"] + ["train"] * 2
+    assert {"kept_fraction", "sparsity"} <= set(bulk.columns)
+    assert train[["loss", "energy", "kept_fraction"]].notna().all().all()
