@@ -101,8 +101,7 @@ def holds_in_memory(screen: ad.AnnData, in_memory: InMemory = "auto") -> bool:
         return True
     size, available = stored_bytes(screen), available_memory()
     if in_memory == "auto":
-        # Each of a node's torchrun processes (DDP ranks) holds its own copy.
-        share = AUTO_MEMORY_SHARE / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        share = _memory_share()
         chosen = available is not None and size <= share * available
         rule = f"auto: memory when X takes at most {share:.0%} of what is available"
     else:
@@ -123,8 +122,13 @@ def _dense_fits(shape: tuple[int, ...]) -> bool:
     """Whether a dense float32 matrix of this shape takes at most :data:`AUTO_MEMORY_SHARE` of
     the available memory (divided among a node's DDP ranks)."""
     available = available_memory()
-    share = AUTO_MEMORY_SHARE / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return available is not None and int(np.prod(shape)) * 4 <= share * available
+    return available is not None and int(np.prod(shape)) * 4 <= _memory_share() * available
+
+
+def _memory_share() -> float:
+    """:data:`AUTO_MEMORY_SHARE`, divided among a node's torchrun processes (DDP ranks): each
+    holds its own copy."""
+    return AUTO_MEMORY_SHARE / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def _dense_float32(matrix: sp.spmatrix | sp.sparray) -> np.ndarray:
